@@ -1,0 +1,90 @@
+"""Helpers shared by the op files: argument checks with clear messages, layouts, tolerances."""
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def check_tensor(t, name: str, op: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"fastgen.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_float_dtype(t: torch.Tensor, name: str, op: str) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"fastgen.{op}: {name} has dtype {t.dtype}; supported are float32, float16 and bfloat16"
+        )
+
+
+def check_same(t: torch.Tensor, ref: torch.Tensor, name: str, ref_name: str, op: str) -> None:
+    if t.shape != ref.shape:
+        raise ValueError(f"fastgen.{op}: {name} has shape {tuple(t.shape)} but {ref_name} has shape {tuple(ref.shape)}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"fastgen.{op}: {name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"fastgen.{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def check_real(v, name: str, op: str, lo: float | None = None, hi: float | None = None,
+               lo_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, Real):
+        raise TypeError(f"fastgen.{op}: {name} must be a real number, got {type(v).__name__}")
+    f = float(v)
+    bad = math.isnan(f)
+    if lo is not None:
+        bad = bad or (f <= lo if lo_open else f < lo)
+    if hi is not None:
+        bad = bad or f > hi
+    if bad:
+        lo_s = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+        hi_s = "" if hi is None else f"{hi:g}]"
+        raise ValueError(f"fastgen.{op}: {name} must be in {lo_s}, {hi_s}; got {v!r}")
+    return f
+
+
+def empty_output_like(x: torch.Tensor) -> torch.Tensor:
+    """Mirror of csrc/ops_common.h empty_output_like: x's dense layout if the batch dim is
+    outermost in memory (contiguous, channels_last, ...), contiguous otherwise."""
+    out = torch.empty_like(x)
+    if batch_outer_dense(out):
+        return out
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def batch_outer_dense(t: torch.Tensor) -> bool:
+    """True if ``t`` (assumed dense, e.g. from empty_like) keeps the batch dim outermost."""
+    if t.dim() == 0 or t.numel() == 0 or t.shape[0] == 1:
+        return True
+    return t.stride(0) * t.shape[0] == t.numel()
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense (any permutation of a contiguous layout)."""
+    if t.numel() <= 1:
+        return True
+    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
+    expected = 1
+    for s, n in dims:
+        if s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def layout_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` with exactly ``ref``'s strides (copied only if needed)."""
+    if t.stride() == ref.stride():
+        return t
+    r = torch.empty_like(ref)
+    r.copy_(t)
+    return r
