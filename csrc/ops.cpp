@@ -26,6 +26,7 @@ std::vector<DDIMCoeffs<float>> host_coeffs(const at::Tensor& a_t, const at::Tens
   const int64_t ts = t64.dim() ? t64.stride(0) : 0, ps = p64.dim() ? p64.stride(0) : 0;
   std::vector<DDIMCoeffs<float>> out(static_cast<size_t>(std::max<int64_t>(n, 1)));
   for (int64_t i = 0; i < n; ++i) {
+    check_alpha_values(tp[i * ts], pp[i * ps], eta);
     const DDIMCoeffs<double> c = ddim_coeffs<double>(tp[i * ts], pp[i * ps], eta);
     out[i] = {static_cast<float>(c.sqrt_one_minus_at), static_cast<float>(c.inv_sqrt_at),
               static_cast<float>(c.sqrt_ap), static_cast<float>(c.dir), static_cast<float>(c.sigma)};

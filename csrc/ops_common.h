@@ -41,6 +41,15 @@ inline void check_alpha(const at::Tensor& a, const at::Tensor& x, const char* na
               name, " is on ", a.device(), " but x_t is on ", x.device());
 }
 
+// Values of host-side alphas (the device-side per-sample alphas of CUDA calls are not read back:
+// that would cost a device sync per step).
+inline void check_alpha_values(double a_t, double a_p, double eta) {
+  TORCH_CHECK(a_t > 0.0 && a_t <= 1.0, "fastgen.ddim_step: alpha_bar_t must be in (0, 1], got ", a_t);
+  TORCH_CHECK(a_p > 0.0 && a_p <= 1.0, "fastgen.ddim_step: alpha_bar_prev must be in (0, 1], got ", a_p);
+  TORCH_CHECK(eta == 0.0 || a_p >= a_t, "fastgen.ddim_step: with eta > 0, alpha_bar_prev (", a_p,
+              ") must be >= alpha_bar_t (", a_t, "): stochastic steps go towards less noise");
+}
+
 // `t` laid out exactly like `ref` (same sizes and strides); copies only when needed.
 inline at::Tensor layout_like(const at::Tensor& t, const at::Tensor& ref) {
   if (t.strides() == ref.strides()) return t;

@@ -20,6 +20,7 @@ void set_alphas(Args& a, const at::Tensor& at_, const at::Tensor& ap_, double et
   a.alpha_t_scalar = a.alpha_p_scalar = 1.f;
   const bool host_t = at_.device().is_cpu(), host_p = ap_.device().is_cpu();
   if (host_t && host_p) {  // both are 0-d host scalars: coefficients in double, no device traffic
+    check_alpha_values(at_.item<double>(), ap_.item<double>(), eta);
     const DDIMCoeffs<double> c = ddim_coeffs<double>(at_.item<double>(), ap_.item<double>(), eta);
     a.coeffs = {float(c.sqrt_one_minus_at), float(c.inv_sqrt_at), float(c.sqrt_ap), float(c.dir), float(c.sigma)};
     return;

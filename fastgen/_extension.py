@@ -7,6 +7,7 @@ remembered for the life of the process and never retried on every call.
 
 Environment:
   FASTGEN_NO_JIT=1        never build at import (use the prebuilt module or the references)
+  FASTGEN_FORCE_JIT=1     ignore a prebuilt module and build from the source tree (development)
   FASTGEN_CACHE_DIR=PATH  where JIT builds go (default ~/.cache/fastgen)
 """
 from __future__ import annotations
@@ -27,6 +28,10 @@ _how: str = "not loaded"
 _error: str | None = None
 _tried = False
 _STALE_LOCK_S = 15 * 60
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _cache_dir() -> Path:
@@ -87,13 +92,16 @@ def load() -> ModuleType | None:
     if _tried:
         return _module
     _tried = True
-    try:
-        _module = importlib.import_module("fastgen._C")
-        _how = "prebuilt"
-        return _module
-    except ImportError as exc:
-        prebuilt_error = f"{type(exc).__name__}: {exc}"
-    if os.environ.get("FASTGEN_NO_JIT", "").strip() not in ("", "0"):
+    if _flag("FASTGEN_FORCE_JIT"):
+        prebuilt_error = "FASTGEN_FORCE_JIT is set"
+    else:
+        try:
+            _module = importlib.import_module("fastgen._C")
+            _how = "prebuilt"
+            return _module
+        except ImportError as exc:
+            prebuilt_error = f"{type(exc).__name__}: {exc}"
+    if _flag("FASTGEN_NO_JIT"):
         _error = f"fastgen._C is not built ({prebuilt_error}) and FASTGEN_NO_JIT is set"
     else:
         try:
@@ -102,7 +110,7 @@ def load() -> ModuleType | None:
             return _module
         except Exception as exc:  # any build failure: fall back, but say why (once)
             msg = str(exc).strip().splitlines()
-            _error = f"fastgen._C is not built and the just-in-time build failed: {msg[-1] if msg else type(exc).__name__}"
+            _error = f"fastgen._C is not built and the just-in-time build failed: {msg[-1].rstrip('.') if msg else type(exc).__name__}"
     _how = "unavailable"
     warnings.warn(
         f"fastgen: {_error}. Falling back to the reference PyTorch implementations (slower). "

@@ -1,26 +1,21 @@
 """Triton kernels for the fused DDIM/DDPM update and its backward.
 
-One program handles BLOCK contiguous elements of dense tensors sharing one layout. Host-scalar
-alphas arrive as precomputed fp32 coefficients (computed in float64 on the host); per-sample
-alphas are loaded per element from a length-N fp32 tensor and the coefficients computed in
-fp32 in the cancellation-free form of csrc/include/fastgen/ddim.h.
+One program handles BLOCK contiguous elements of dense tensors sharing one layout, with the
+batch dimension outermost in memory. The alphas arrive as length-N fp32 tensors on the same
+device (a scalar alpha is expanded by the launcher), so the kernels never need a host value:
+that keeps them traceable by torch.compile and free of device syncs. The coefficients are
+computed per element in fp32, in the cancellation-free form of csrc/include/fastgen/ddim.h
+(the loads of the two alphas hit the same cache line for a whole sample).
 """
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _coeffs(offs, per_sample, at_ptr, ap_ptr, at_s, ap_s, eta, mask,
-            AT_PTR: tl.constexpr, AP_PTR: tl.constexpr):
+def _coeffs(offs, per_sample, at_ptr, ap_ptr, eta, mask):
     s = offs // per_sample
-    if AT_PTR:
-        a_t = tl.load(at_ptr + s, mask=mask, other=1.0).to(tl.float32)
-    else:
-        a_t = tl.zeros_like(offs).to(tl.float32) + at_s
-    if AP_PTR:
-        a_p = tl.load(ap_ptr + s, mask=mask, other=1.0).to(tl.float32)
-    else:
-        a_p = tl.zeros_like(offs).to(tl.float32) + ap_s
+    a_t = tl.load(at_ptr + s, mask=mask, other=1.0).to(tl.float32)
+    a_p = tl.load(ap_ptr + s, mask=mask, other=1.0).to(tl.float32)
     om_t = 1.0 - a_t
     om_p = 1.0 - a_p
     eta2 = eta * eta
@@ -39,20 +34,14 @@ def _coeffs(offs, per_sample, at_ptr, ap_ptr, at_s, ap_s, eta, mask,
 
 @triton.jit
 def ddim_fwd_kernel(x_ptr, e_ptr, n_ptr, xp_ptr, x0_ptr, at_ptr, ap_ptr,
-                    numel, per_sample,
-                    c_s1, c_inv, c_sap, c_dir, c_sig,
-                    at_s, ap_s, eta, clip,
-                    HAS_NOISE: tl.constexpr, CLIP: tl.constexpr, PER_SAMPLE: tl.constexpr,
-                    AT_PTR: tl.constexpr, AP_PTR: tl.constexpr, BLOCK: tl.constexpr):
+                    numel, per_sample, eta, clip,
+                    HAS_NOISE: tl.constexpr, CLIP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < numel
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     e = tl.load(e_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if PER_SAMPLE:
-        s1, inv, sap, d, sig = _coeffs(offs, per_sample, at_ptr, ap_ptr, at_s, ap_s, eta, mask, AT_PTR, AP_PTR)
-    else:
-        s1, inv, sap, d, sig = c_s1, c_inv, c_sap, c_dir, c_sig
+    s1, inv, sap, d, sig = _coeffs(offs, per_sample, at_ptr, ap_ptr, eta, mask)
     x0 = (x - s1 * e) * inv
     if CLIP:
         x0 = tl.minimum(tl.maximum(x0, -clip), clip)
@@ -66,19 +55,13 @@ def ddim_fwd_kernel(x_ptr, e_ptr, n_ptr, xp_ptr, x0_ptr, at_ptr, ap_ptr,
 
 @triton.jit
 def ddim_bwd_kernel(x_ptr, e_ptr, gp_ptr, g0_ptr, dx_ptr, de_ptr, dn_ptr, at_ptr, ap_ptr,
-                    numel, per_sample,
-                    c_s1, c_inv, c_sap, c_dir, c_sig,
-                    at_s, ap_s, eta, clip,
+                    numel, per_sample, eta, clip,
                     HAS_GP: tl.constexpr, HAS_G0: tl.constexpr, NEED_DN: tl.constexpr,
-                    CLIP: tl.constexpr, PER_SAMPLE: tl.constexpr,
-                    AT_PTR: tl.constexpr, AP_PTR: tl.constexpr, BLOCK: tl.constexpr):
+                    CLIP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < numel
-    if PER_SAMPLE:
-        s1, inv, sap, d, sig = _coeffs(offs, per_sample, at_ptr, ap_ptr, at_s, ap_s, eta, mask, AT_PTR, AP_PTR)
-    else:
-        s1, inv, sap, d, sig = c_s1, c_inv, c_sap, c_dir, c_sig
+    s1, inv, sap, d, sig = _coeffs(offs, per_sample, at_ptr, ap_ptr, eta, mask)
     if HAS_GP:
         gp = tl.load(gp_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     else:
