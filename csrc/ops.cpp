@@ -74,7 +74,7 @@ void ddim_step_out_cpu(const at::Tensor& x, const at::Tensor& eps, const at::Ten
                        const at::Tensor& a_p, double eta, const std::optional<at::Tensor>& noise,
                        double clip, at::Tensor xp, at::Tensor x0) {
   check_ddim_args(x, eps, a_t, a_p, eta, noise);
-  check_ddim_out(x, eps, xp, x0);
+  check_ddim_out(x, eps, noise, xp, x0);
   if (out_direct(xp, x0)) {
     forward_cpu_into(x, eps, a_t, a_p, eta, noise, clip, xp, x0);
   } else {

@@ -76,7 +76,7 @@ void ddim_step_out_cuda(const at::Tensor& x, const at::Tensor& eps, const at::Te
                         double eta, const std::optional<at::Tensor>& noise, double clip, at::Tensor xp,
                         at::Tensor x0) {
   check_ddim_args(x, eps, a_t, a_p, eta, noise);
-  check_ddim_out(x, eps, xp, x0);
+  check_ddim_out(x, eps, noise, xp, x0);
   if (out_direct(xp, x0)) {
     forward_into(x, eps, a_t, a_p, eta, noise, clip, xp, x0);
   } else {

@@ -20,7 +20,7 @@ def _coeffs(offs, per_sample, at_ptr, ap_ptr, eta, mask):
     om_p = 1.0 - a_p
     eta2 = eta * eta
     denom = a_p * om_t
-    safe = (denom > 0.0) & (eta2 > 0.0)
+    safe = (denom * eta2) > 0.0  # both factors are >= 0 for valid alphas
     denom_s = tl.where(safe, denom, 1.0)
     var = tl.where(safe, eta2 * om_p * (a_p - a_t) / denom_s, 0.0)
     dir2 = tl.where(safe, om_p * ((1.0 - eta2) * a_p * om_t + eta2 * a_t * om_p) / denom_s, om_p)

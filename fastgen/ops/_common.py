@@ -88,3 +88,40 @@ def layout_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     r = torch.empty_like(ref)
     r.copy_(t)
     return r
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int] | None:
+    """[first, last+1) byte addresses ``t`` can touch (None if empty)."""
+    if t.numel() == 0:
+        return None
+    lo = hi = 0
+    for size, stride in zip(t.shape, t.stride()):
+        if stride >= 0:
+            hi += (size - 1) * stride
+        else:
+            lo += (size - 1) * stride
+    start = t.data_ptr()
+    return start + lo * t.element_size(), start + (hi + 1) * t.element_size()
+
+
+def check_out_overlap(outs: dict, ins: dict, op: str) -> None:
+    """out= tensors must not overlap each other, nor partially overlap an input (writing into the
+    identical tensor is fine for elementwise ops). Conservative: compares byte ranges, so two
+    interleaved views of one buffer count as overlapping."""
+    spans = {k: _byte_span(v) for k, v in outs.items()}
+    names = list(outs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sa, sb = spans[a], spans[b]
+            if sa and sb and sa[0] < sb[1] and sb[0] < sa[1]:
+                raise RuntimeError(f"fastgen.{op}: {a} and {b} overlap in memory")
+    for k, o in outs.items():
+        so = spans[k]
+        for name, t in ins.items():
+            st = _byte_span(t) if t is not None else None
+            if not (so and st and so[0] < st[1] and st[0] < so[1]):
+                continue
+            same = o.data_ptr() == t.data_ptr() and o.stride() == t.stride() and o.shape == t.shape
+            if not same:
+                raise RuntimeError(f"fastgen.{op}: {k} partially overlaps {name} in memory (writing over an "
+                                   "input is only allowed into the identical tensor)")

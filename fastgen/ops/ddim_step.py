@@ -51,14 +51,15 @@ class DDIMStepOutput(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- reference
-def ddim_coefficients(alpha_bar_t, alpha_bar_prev, eta: float):
-    """The five update coefficients in float64, shaped like the alphas.
+def ddim_coefficients(alpha_bar_t, alpha_bar_prev, eta: float, dtype: torch.dtype = torch.float64):
+    """The five update coefficients, shaped like the alphas, computed in ``dtype``.
 
     Returns ``(sqrt(1 - a_t), 1 / sqrt(a_t), sqrt(a_p), dir, sigma)`` where
-    ``dir = sqrt(1 - a_p - sigma^2)`` is computed without cancellation.
+    ``dir = sqrt(1 - a_p - sigma^2)`` is computed without cancellation. The C++ kernels use
+    float64 for host alphas; in-kernel (device/per-sample) alphas are evaluated in float32.
     """
-    a_t = torch.as_tensor(alpha_bar_t).to(torch.float64)
-    a_p = torch.as_tensor(alpha_bar_prev).to(device=a_t.device, dtype=torch.float64)
+    a_t = torch.as_tensor(alpha_bar_t).to(dtype)
+    a_p = torch.as_tensor(alpha_bar_prev).to(device=a_t.device, dtype=dtype)
     om_t, om_p = 1.0 - a_t, 1.0 - a_p
     eta2 = float(eta) ** 2
     denom = a_p * om_t
@@ -381,6 +382,9 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t, alpha_bar_prev,
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x_t, eps, noise, a_t, a_p)):
             raise RuntimeError(f"fastgen.{OP}: out= does not support automatic differentiation "
                                "(an input requires grad); call it without out=")
+        if name != "cpp" and not C.is_compiling():  # the C++ op checks this itself
+            C.check_out_overlap({"out[0] (x_prev)": xp, "out[1] (x0_pred)": x0},
+                                {"x_t": x_t, "eps": eps, "noise": noise}, OP)
         if name == "cpp":
             torch.ops.fastgen.ddim_step_out(x_t, eps, a_t, a_p, eta, noise, clip, xp, x0)
         elif name == "triton":
