@@ -5,6 +5,10 @@
 // x86-64-v3 = AVX2+FMA+F16C, and the baseline x86-64 = SSE2). The dynamic loader picks the
 // best clone for the running CPU (GNU ifunc), so one binary runs on any x86-64.
 #include "ddim_step.h"
+//
+// Aliasing: the torch layer lets an output be the *identical* tensor of an input (x_prev over x_t,
+// the sampler-loop idiom) and rejects partial overlap. The __restrict__ loops stay correct then:
+// element i is read before element i is written, and no other element touches that address.
 
 #include <algorithm>
 
@@ -14,6 +18,13 @@
 #define FG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FG_CLONES
+#endif
+// Everything a clone calls must be inlined into it, or it runs at the baseline ISA
+// (tests/test_cpu_isa.py checks the object code for such calls).
+#if defined(__GNUC__)
+#define FG_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#define FG_LAMBDA_INLINE
 #endif
 
 namespace fastgen {
@@ -83,9 +94,9 @@ FG_ALWAYS_INLINE void forward_impl(const DDIMForwardArgs& a, int64_t begin, int6
   T* xp = static_cast<T*>(a.x_prev);
   T* x0 = static_cast<T*>(a.x0);
   const bool clip = a.clip > 0.f;
-  for_each_run(begin, end, a.per_sample, a.per_sample_coeffs, [&](int64_t o, int64_t len, int64_t s) {
+  for_each_run(begin, end, a.per_sample, a.per_sample_coeffs, [&](int64_t o, int64_t len, int64_t s) FG_LAMBDA_INLINE {
     const DDIMCoeffs<float> c = a.coeffs[s];
-    const bool noise = n != nullptr && c.sigma != 0.f;
+    const bool noise = n != nullptr;  // the torch layer passes noise only when eta > 0 (as the reference)
     if (noise) {
       if (clip) fwd_segment<T, true, true>(x + o, e + o, n + o, xp + o, x0 + o, len, c, a.clip);
       else fwd_segment<T, true, false>(x + o, e + o, n + o, xp + o, x0 + o, len, c, a.clip);
@@ -118,7 +129,7 @@ FG_ALWAYS_INLINE void backward_run(const DDIMBackwardArgs& a, int64_t o, int64_t
 template <typename T>
 FG_ALWAYS_INLINE void backward_impl(const DDIMBackwardArgs& a, int64_t begin, int64_t end) {
   const bool gp = a.g_prev != nullptr, g0 = a.g_x0 != nullptr;
-  for_each_run(begin, end, a.per_sample, a.per_sample_coeffs, [&](int64_t o, int64_t len, int64_t s) {
+  for_each_run(begin, end, a.per_sample, a.per_sample_coeffs, [&](int64_t o, int64_t len, int64_t s) FG_LAMBDA_INLINE {
     const DDIMCoeffs<float>& c = a.coeffs[s];
     if (gp && g0) backward_run<T, true, true>(a, o, len, c);
     else if (gp) backward_run<T, true, false>(a, o, len, c);

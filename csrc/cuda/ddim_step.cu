@@ -34,7 +34,7 @@ template <typename Args>
 struct CoeffCache {
   int64_t sample = -1;
   DDIMCoeffs<float> c;
-  __device__ __forceinline__ const DDIMCoeffs<float>& get(const Args& a, int64_t i) {
+  __device__ __forceinline__ DDIMCoeffs<float> get(const Args& a, int64_t i) {
     if (a.alpha_t == nullptr && a.alpha_p == nullptr) return a.coeffs;
     const int64_t s = i / a.per_sample;
     if (s != sample) {
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) ddim_forward_kernel(const DDIMCudaFo
   for (int k = 0; k < kPerThread; ++k) {
     const int64_t i = tile0 + int64_t(k) * kThreads + threadIdx.x;
     if (i < end) {
-      const DDIMCoeffs<float>& c = cache.get(a, i);
+      const DDIMCoeffs<float> c = cache.get(a, i);
       float x0;
       const float nv = n ? IO<T>::ld(n + i) : 0.f;
       const float out = ddim_element<float>(IO<T>::ld(x + i), IO<T>::ld(e + i), nv, c, a.clip, &x0);
@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(kThreads) ddim_backward_kernel(const DDIMCudaB
   for (int k = 0; k < kPerThread; ++k) {
     const int64_t i = tile0 + int64_t(k) * kThreads + threadIdx.x;
     if (i < end) {
-      const DDIMCoeffs<float>& c = cache.get(a, i);
+      const DDIMCoeffs<float> c = cache.get(a, i);
       float vdx, vde, vdn;
       ddim_backward_element<float>(IO<T>::ld(x + i), IO<T>::ld(e + i), gp ? IO<T>::ld(gp + i) : 0.f,
                                    g0 ? IO<T>::ld(g0 + i) : 0.f, c, a.clip, &vdx, &vde, &vdn);
