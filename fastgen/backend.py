@@ -35,8 +35,13 @@ def _check_choice(name: str, where: str) -> str:
     return name.strip().lower()
 
 
-_ENV_CHOICE = _check_choice(os.environ.get("FASTGEN_BACKEND", "auto") or "auto", "FASTGEN_BACKEND")
 _stack: list[str] = []
+
+
+def env_backend() -> str:
+    """FASTGEN_BACKEND (read when first needed, so a bad value cannot break ``import fastgen`` or
+    ``fastgen info``; it raises a ValueError naming the variable at the first dispatch)."""
+    return _check_choice(os.environ.get("FASTGEN_BACKEND", "auto") or "auto", "FASTGEN_BACKEND")
 
 
 @contextlib.contextmanager
@@ -52,7 +57,7 @@ def use_backend(name: str) -> Iterator[None]:
 
 def forced_backend() -> str:
     """The impl forced by use_backend / FASTGEN_BACKEND, or "auto"."""
-    return _stack[-1] if _stack else _ENV_CHOICE
+    return _stack[-1] if _stack else env_backend()
 
 
 # ---------------------------------------------------------------- availability of each impl

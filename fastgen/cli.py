@@ -1,0 +1,236 @@
+"""The ``fastgen`` command line (also ``python -m fastgen``).
+
+    fastgen info [--json]     versions, devices, the compiled extension, and which implementation
+                              each fused op uses on CPU and on CUDA (and why not the others)
+    fastgen demo [options]    a few-second DDIM sampling demo on an embedded dataset (see fastgen.demo)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from . import __version__, _extension, backend
+
+# Environment variables that change what fastgen dispatches to (shown by `info` when set).
+DISPATCH_ENV_VARS = ("FASTGEN_BACKEND", "TRITON_INTERPRET", "FASTGEN_NO_JIT", "FASTGEN_FORCE_JIT",
+                     "THP_MEM_ALLOC_ENABLE")
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+# ----------------------------------------------------------------------------- info
+def _module_version(name: str) -> dict:
+    """``{"version": ...}`` for an importable module, else ``{"version": None, "error": why}``."""
+    try:
+        mod = __import__(name)
+    except Exception as exc:  # ImportError, or a broken install raising something else
+        return {"version": None, "error": f"{type(exc).__name__}: {exc}"}
+    return {"version": getattr(mod, "__version__", "unknown")}
+
+
+def _cpu_model() -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _devices() -> dict:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    cpu = {"model": _cpu_model(), "cores": os.cpu_count(), "cores_usable": usable,
+           "torch_threads": torch.get_num_threads()}
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append({"index": i, "name": p.name, "capability": f"{p.major}.{p.minor}",
+                         "memory_gib": round(p.total_memory / 2**30, 1)})
+    return {"cpu": cpu, "cuda": gpus}
+
+
+def _ops_table() -> dict:
+    """Per registered op: the impl chosen on each device type (or the error), and every impl's availability."""
+    ops = {}
+    for name, spec in sorted(backend.registered_ops().items()):
+        chosen = {}
+        for dev in DEVICE_TYPES:
+            try:
+                chosen[dev] = {"impl": backend.resolve(name, torch.device(dev)), "error": None}
+            except backend.BackendUnavailableError as exc:
+                chosen[dev] = {"impl": None, "error": str(exc)}
+        impls = {}
+        for impl in spec.impls:
+            impls[impl] = {}
+            for dev in DEVICE_TYPES:
+                ok, why = backend.impl_available(impl, dev)
+                impls[impl][dev] = {"available": ok, "reason": None if ok else why}
+        ops[name] = {"uses": chosen, "impls": impls,
+                     "preference": {k: list(v) for k, v in spec.preference.items()}, "notes": spec.notes}
+    return ops
+
+
+def collect_info() -> dict:
+    """Everything ``fastgen info`` reports, as a JSON-serialisable dict."""
+    ext = dict(_extension.status())
+    ext.setdefault("file", None)
+    ext.setdefault("cpu_capability", None)
+    ext.setdefault("built_with_cuda", None)
+    return {
+        "fastgen": {"version": __version__, "path": os.path.dirname(os.path.abspath(__file__))},
+        "python": {"version": platform.python_version(), "executable": sys.executable,
+                   "platform": platform.platform()},
+        "torch": {"version": torch.__version__, "cuda": torch.version.cuda,
+                  "cuda_available": torch.cuda.is_available()},
+        "triton": _module_version("triton"),
+        "numpy": _module_version("numpy"),
+        "devices": _devices(),
+        "extension": ext,
+        "env": {k: os.environ[k] for k in DISPATCH_ENV_VARS if k in os.environ},
+        "dispatch": backend.forced_backend(),
+        "ops": _ops_table(),
+    }
+
+
+def _version_text(entry: dict) -> str:
+    return entry["version"] if entry.get("version") else f"not importable ({entry['error']})"
+
+
+def format_info(info: dict) -> str:
+    """The human-readable report of :func:`collect_info`."""
+    t, ext, dev = info["torch"], info["extension"], info["devices"]
+    lines = [
+        f"fastgen {info['fastgen']['version']} ({info['fastgen']['path']})",
+        f"python  {info['python']['version']} ({info['python']['executable']}; {info['python']['platform']})",
+        f"torch   {t['version']} ({'CUDA ' + t['cuda'] if t['cuda'] else 'CPU build'})",
+        f"triton  {_version_text(info['triton'])}",
+        f"numpy   {_version_text(info['numpy'])}",
+        "",
+        "devices:",
+    ]
+    cpu = dev["cpu"]
+    lines.append(f"  cpu: {cpu['model'] or 'unknown model'}; {cpu['cores']} cores ({cpu['cores_usable']} usable), "
+                 f"torch uses {cpu['torch_threads']} threads")
+    if dev["cuda"]:
+        for g in dev["cuda"]:
+            lines.append(f"  cuda:{g['index']}: {g['name']} (compute capability {g['capability']}, "
+                         f"{g['memory_gib']} GiB)")
+    else:
+        lines.append("  cuda: no CUDA GPU visible")
+
+    lines += ["", "extension:"]
+    if ext["loaded"]:
+        lines.append(f"  fastgen._C: loaded ({ext['how']}) from {ext['file']}")
+        lines.append(f"  cpu_capability: {ext['cpu_capability']} (vector ISA picked at run time)")
+        lines.append(f"  built_with_cuda: {ext['built_with_cuda']}")
+    else:
+        lines.append(f"  fastgen._C: NOT loaded ({ext['how']}); fused ops fall back to the PyTorch references")
+        lines.append(f"  error: {ext['error']}")
+
+    lines += ["", "environment:"]
+    if info["env"]:
+        lines += [f"  {k}={v}" for k, v in info["env"].items()]
+    else:
+        lines.append(f"  (none of {', '.join(DISPATCH_ENV_VARS)} is set)")
+
+    forced = info["dispatch"]
+    lines += ["", f"ops (dispatch: {'auto' if forced == 'auto' else 'forced to ' + repr(forced)}):"]
+    rows = [("op", "cpu", "cuda")]
+    for name, op in info["ops"].items():
+        rows.append((name,) + tuple(op["uses"][d]["impl"] or "ERROR" for d in DEVICE_TYPES))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    lines += ["", "implementations (available on cpu / cuda, and why not):"]
+    for name, op in info["ops"].items():
+        lines.append(f"  {name}:")
+        for d in DEVICE_TYPES:
+            if op["uses"][d]["error"]:
+                lines.append(f"    ERROR on {d}: {op['uses'][d]['error']}")
+        iw = max(len(i) for i in op["impls"])
+        for impl, avail in op["impls"].items():
+            parts = [f"{d}: yes" if avail[d]["available"] else f"{d}: no ({avail[d]['reason']})"
+                     for d in DEVICE_TYPES]
+            if all(avail[d]["available"] for d in DEVICE_TYPES):
+                lines.append(f"    {impl.ljust(iw)}  " + "  ".join(parts))
+            else:  # one line per device type: the reasons are long
+                lines.append(f"    {impl.ljust(iw)}  {parts[0]}")
+                lines += [f"    {' ' * iw}  {p}" for p in parts[1:]]
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_info(info))
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    impl = None if args.impl in (None, "auto") else args.impl
+    try:
+        demo.validate_args(args.steps, args.num_images, args.size, args.eta, impl)
+    except demo.DemoArgumentError as exc:
+        args.subparser.error(f"argument --{exc.argument.replace('_', '-')}: {exc}")  # exits with status 2
+    try:
+        result = demo.run_demo(steps=args.steps, num_images=args.num_images, size=args.size, eta=args.eta,
+                               seed=args.seed, out=args.out, impl=impl)
+    except backend.BackendUnavailableError as exc:
+        print(f"fastgen demo: {exc}", file=sys.stderr)
+        return 1
+    print(demo.format_summary(result))
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: fused kernels for generative image models.")
+    parser.add_argument("--version", action="version", version=f"fastgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p_info = sub.add_parser("info", help="what is available on this machine, and which kernels each op uses",
+                            description="Versions, devices, the compiled extension, and the implementation "
+                                        "each fused op dispatches to on CPU and CUDA (with reasons).")
+    p_info.add_argument("--json", action="store_true", help="print the report as JSON")
+    p_info.set_defaults(func=cmd_info, subparser=p_info)
+
+    p_demo = sub.add_parser("demo", help="a few-second DDIM sampling demo (writes a PNG)",
+                            description="DDIM sampling on a small embedded dataset with its exact Bayes "
+                                        "denoiser, with fastgen's fused update checked and timed against "
+                                        "plain PyTorch.")
+    p_demo.add_argument("--steps", type=int, default=25, help="DDIM steps, 1..1000 (default 25)")
+    p_demo.add_argument("--num-images", type=int, default=16, help="images to sample, >= 1 (default 16)")
+    p_demo.add_argument("--size", type=int, default=32, help="image size: 16, 32 or 64 (default 32)")
+    p_demo.add_argument("--eta", type=float, default=0.0, help="0 = DDIM, 1 = DDPM ancestral (default 0)")
+    p_demo.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
+    p_demo.add_argument("--out", default="fastgen_demo.png", help="PNG to write (default fastgen_demo.png)")
+    p_demo.add_argument("--impl", choices=backend.IMPLS + ("auto",), default=None,
+                        help="force the ddim_step implementation (default: automatic)")
+    p_demo.set_defaults(func=cmd_demo, subparser=p_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (argument errors exit via argparse, status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return args.func(args)
