@@ -1,0 +1,99 @@
+"""Shared benchmark helpers: time fastgen against plain PyTorch on the same inputs, check they
+agree, and record speedups and bandwidth in pytest-benchmark's extra_info.
+
+Every comparison asserts numerical agreement first, so ``pytest benchmarks/ --benchmark-disable``
+is a fast equivalence test of everything the benchmarks time.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from conftest import ALLOCATOR, THREADS
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable, device: torch.device, min_time: float = 0.3, max_rounds: int = 500,
+                warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in seconds (CUDA: triton.testing.do_bench, in ms -> s)."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=max(100, int(min_time * 1000)), return_mode="median") / 1e3
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_rounds and (time.perf_counter() - start < min_time or len(times) < 5):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(nbytes: int, device: torch.device) -> float:
+    """Bytes/s of ``dst.copy_(src)`` with a working set of ``nbytes`` (half read, half written).
+    Both buffers are written first: untouched pages would map the shared zero page and flatter
+    the copy."""
+    n = max(nbytes // 2 // 4, 1)
+    src = torch.ones(n, device=device)
+    dst = torch.zeros(n, device=device)
+    t = median_time(lambda: dst.copy_(src), device)
+    return 2 * n * 4 / t
+
+
+def assert_outputs_close(got, want, rtol: float, atol: float, what: str) -> None:
+    got = got if isinstance(got, (tuple, list)) else (got,)
+    want = want if isinstance(want, (tuple, list)) else (want,)
+    assert len(got) == len(want), what
+    for i, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g, w, rtol=rtol, atol=atol, msg=lambda m: f"{what} output {i}: {m}")
+
+
+def compare(benchmark, fastgen_fn: Callable, baselines: dict[str, Callable], *, device: torch.device,
+            nbytes: int | None = None, rtol: float = 1e-5, atol: float = 1e-5, group: str | None = None,
+            check_against: str = "eager") -> dict:
+    """Benchmark ``fastgen_fn`` (pytest-benchmark's table) and the ``baselines`` (same inputs).
+
+    Asserts ``fastgen_fn()`` equals ``baselines[check_against]()``; with timing enabled, also checks
+    every other baseline's output, times each baseline, and records in extra_info: each baseline's
+    median (ms), fastgen's speedup over it, and for memory-bound ops (``nbytes`` = bytes the op must
+    move) the achieved GB/s next to the copy bandwidth measured in the same run.
+    """
+    want = baselines[check_against]()
+    got = fastgen_fn()
+    assert_outputs_close(got, want, rtol, atol, f"fastgen vs {check_against}")
+    benchmark.group = (group or benchmark.name) + f" [{device.type}, alloc={ALLOCATOR}]"
+    info = benchmark.extra_info
+    info.update(device=str(device), threads=THREADS, allocator=ALLOCATOR)
+    if getattr(benchmark, "disabled", False):
+        benchmark(fastgen_fn)
+        return info
+    for name, fn in baselines.items():
+        if name != check_against:
+            assert_outputs_close(got, fn(), rtol, atol, f"fastgen vs {name}")
+    if device.type == "cuda":
+        t_fast = median_time(fastgen_fn, device)
+        benchmark.pedantic(fastgen_fn, rounds=20, warmup_rounds=3, setup=lambda: sync(device))
+    else:
+        benchmark.pedantic(fastgen_fn, rounds=max(5, min(200, int(0.3 / max(median_time(fastgen_fn, device, 0.05), 1e-6)))),
+                           warmup_rounds=3)
+        t_fast = benchmark.stats.stats.median
+    info["fastgen_ms"] = round(t_fast * 1e3, 4)
+    for name, fn in baselines.items():
+        t = median_time(fn, device)
+        info[f"{name}_ms"] = round(t * 1e3, 4)
+        info[f"speedup_vs_{name}"] = round(t / t_fast, 2)
+    if nbytes:
+        bw = copy_bandwidth(nbytes, device)
+        info["fastgen_GBps"] = round(nbytes / t_fast / 1e9, 1)
+        info["copy_GBps"] = round(bw / 1e9, 1)
+        info["pct_of_copy_bw"] = round(100 * nbytes / t_fast / bw, 1)
+    return info
