@@ -18,7 +18,7 @@ def source_root() -> Path:
 
 
 def cpu_sources(root: Path) -> list[str]:
-    return [str(root / "csrc" / "ops.cpp")] + sorted(str(p) for p in (root / "csrc" / "cpu").glob("*.cpp"))
+    return [str(root / "csrc" / "ops.cpp"), str(root / "csrc" / "autograd.cpp")] + sorted(str(p) for p in (root / "csrc" / "cpu").glob("*.cpp"))
 
 
 def cuda_sources(root: Path) -> list[str]:

@@ -38,10 +38,19 @@ def _check_choice(name: str, where: str) -> str:
 _stack: list[str] = []
 
 
+_ENV_RAW = os.environ.get("FASTGEN_BACKEND", "")  # read once: use use_backend() to switch at run time
+
+
+@functools.lru_cache(maxsize=None)
+def _env_choice(raw: str) -> str:
+    return _check_choice(raw or "auto", "FASTGEN_BACKEND")
+
+
 def env_backend() -> str:
-    """FASTGEN_BACKEND (read when first needed, so a bad value cannot break ``import fastgen`` or
-    ``fastgen info``; it raises a ValueError naming the variable at the first dispatch)."""
-    return _check_choice(os.environ.get("FASTGEN_BACKEND", "auto") or "auto", "FASTGEN_BACKEND")
+    """FASTGEN_BACKEND as read at import (validated when first needed, so a bad value cannot break
+    ``import fastgen`` or ``fastgen info``; it raises a ValueError naming the variable at the first
+    dispatch)."""
+    return _env_choice(_ENV_RAW)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from numbers import Real
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -97,23 +97,6 @@ def ddim_step_reference(x_t, eps, alpha_bar_t, alpha_bar_prev, eta: float = 0.0,
     return x_prev.to(x_t.dtype), x0.to(x_t.dtype)
 
 
-def _double_backward_reference(u_dx, u_de, u_dn, x_t, eps, alpha_bar_t, alpha_bar_prev, eta, clip):
-    """Gradients w.r.t. (grad_x_prev, grad_x0) of the backward op, for the clip > 0 case.
-
-    The backward is linear in the incoming grads, with the clamp's 0/1 mask m:
-      dx = inv m (g0 + sap gp),  deps = dir gp - s1 inv m (g0 + sap gp),  dnoise = sig gp
-    so its adjoint is  w = m inv (u_dx - s1 u_de);  d g0 = w;  d gp = sap w + dir u_de + sig u_dn.
-    """
-    s1, inv, sap, d, sig = (_per_sample_view(c, x_t) for c in ddim_coefficients(alpha_bar_t, alpha_bar_prev, eta))
-    x0 = (x_t.float() - s1 * eps.float()) * inv
-    m = ((x0 >= -clip) & (x0 <= clip)).float()
-    w = m * inv * (u_dx.float() - s1 * u_de.float())
-    d_gp = sap * w + d * u_de.float()
-    if u_dn is not None:
-        d_gp = d_gp + sig * u_dn.float()
-    return d_gp.to(x_t.dtype), w.to(x_t.dtype)
-
-
 # ----------------------------------------------------------------------------- fake kernels
 def _fake_forward(x_t, eps, alpha_bar_t, alpha_bar_prev, eta, noise, clip):
     x_prev = C.empty_output_like(x_t)
@@ -132,10 +115,11 @@ def _fake_backward(grad_x_prev, grad_x0, x_t, eps, alpha_bar_t, alpha_bar_prev, 
 
 # ----------------------------------------------------------------------------- autograd
 def _register_autograd(fwd_name: str, bwd_name: str) -> None:
-    """Autograd for a (forward, backward) op pair with the schemas of csrc/ops.cpp.
+    """Autograd for a (forward, backward) op pair with the schemas of csrc/ops.cpp (used for the
+    Triton ops; the C++ ops have the same formulas in csrc/autograd.cpp).
 
     The backward op's own autograd formula runs the forward op on the incoming grads (its
-    adjoint), so gradients of gradients stay fused.
+    adjoint; see csrc/autograd.cpp for the derivation), so gradients of gradients stay fused.
     """
     fwd_op = getattr(torch.ops.fastgen, fwd_name).default
     bwd_op = getattr(torch.ops.fastgen, bwd_name).default
@@ -163,10 +147,12 @@ def _register_autograd(fwd_name: str, bwd_name: str) -> None:
         u_de = torch.zeros_like(x_t) if u_de is None else u_de
         if u_dn is not None and u_dn.shape != x_t.shape:  # dnoise was not computed (empty)
             u_dn = None
-        if ctx.clip > 0:
-            d_gp, d_g0 = _double_backward_reference(u_dx, u_de, u_dn, x_t, eps, a_t, a_p, ctx.eta, ctx.clip)
-        else:
-            d_gp, d_g0 = fwd_op(u_dx, u_de, a_t, a_p, ctx.eta, u_dn, 0.0)
+        if ctx.clip > 0:  # where the clamp was active, x0's gradient is zero: mask it out
+            with torch.no_grad():
+                x0 = fwd_op(x_t, eps, a_t, a_p, 0.0, None, 0.0)[1]
+            s1 = _per_sample_view((1.0 - a_t.double()).sqrt(), x_t)
+            u_dx = torch.where(x0.abs() <= ctx.clip, u_dx, (s1 * u_de.float()).to(x_t.dtype))
+        d_gp, d_g0 = fwd_op(u_dx, u_de, a_t, a_p, ctx.eta, u_dn, 0.0)
         need = ctx.needs_input_grad
         return (d_gp if need[0] else None, d_g0 if need[1] else None) + (None,) * 7
 
@@ -180,7 +166,7 @@ def _register_cpp_ops() -> bool:
     torch.library.register_fake("fastgen::ddim_step")(_fake_forward)
     torch.library.register_fake("fastgen::ddim_step_out")(_fake_out)
     torch.library.register_fake("fastgen::ddim_step_backward")(_fake_backward)
-    _register_autograd("ddim_step", "ddim_step_backward")
+    # autograd of the C++ ops is registered in C++ (csrc/autograd.cpp)
     return True
 
 
@@ -316,7 +302,7 @@ def _clip_arg(clip_denoised) -> float:
 
 
 def _out_arg(out, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(out, Sequence) or len(out) != 2 or not all(isinstance(t, torch.Tensor) for t in out):
+    if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(t, torch.Tensor) for t in out):
         raise TypeError(f"fastgen.{OP}: out must be a pair of tensors (x_prev, x0_pred)")
     C.check_same(out[0], x_t, "out[0] (x_prev)", "x_t", OP)
     C.check_same(out[1], x_t, "out[1] (x0_pred)", "x_t", OP)
