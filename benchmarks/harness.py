@@ -15,6 +15,9 @@ import torch
 from conftest import ALLOCATOR, THREADS
 
 
+RESULTS: list[tuple[str, dict]] = []  # (benchmark name, extra_info), printed by conftest at the end
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -38,15 +41,24 @@ def median_time(fn: Callable, device: torch.device, min_time: float = 0.3, max_r
     return statistics.median(times)
 
 
-def copy_bandwidth(nbytes: int, device: torch.device) -> float:
-    """Bytes/s of ``dst.copy_(src)`` with a working set of ``nbytes`` (half read, half written).
-    Both buffers are written first: untouched pages would map the shared zero page and flatter
-    the copy."""
+def copy_fn(nbytes: int, device: torch.device) -> Callable:
+    """``dst.copy_(src)`` with a working set of ``nbytes`` (half read, half written). Both buffers
+    are written first: untouched pages would map the shared zero page and flatter the copy."""
     n = max(nbytes // 2 // 4, 1)
     src = torch.ones(n, device=device)
     dst = torch.zeros(n, device=device)
-    t = median_time(lambda: dst.copy_(src), device)
-    return 2 * n * 4 / t
+    return lambda: dst.copy_(src)
+
+
+def interleaved_medians(fns: dict[str, Callable], device: torch.device, rounds: int = 7,
+                        min_time: float = 0.05) -> dict[str, float]:
+    """Median over ``rounds`` of each function's median time, the functions taking turns, so slow
+    drifts of a shared machine hit every contender alike (ratios are what we report)."""
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            per[k].append(median_time(fn, device, min_time=min_time, warmup=2))
+    return {k: statistics.median(v) for k, v in per.items()}
 
 
 def assert_outputs_close(got, want, rtol: float, atol: float, what: str) -> None:
@@ -63,9 +75,10 @@ def compare(benchmark, fastgen_fn: Callable, baselines: dict[str, Callable], *, 
     """Benchmark ``fastgen_fn`` (pytest-benchmark's table) and the ``baselines`` (same inputs).
 
     Asserts ``fastgen_fn()`` equals ``baselines[check_against]()``; with timing enabled, also checks
-    every other baseline's output, times each baseline, and records in extra_info: each baseline's
-    median (ms), fastgen's speedup over it, and for memory-bound ops (``nbytes`` = bytes the op must
-    move) the achieved GB/s next to the copy bandwidth measured in the same run.
+    every other baseline's output, then times fastgen, every baseline and (for memory-bound ops,
+    ``nbytes`` = bytes the op must move) a copy of the same working set, taking turns
+    (:func:`interleaved_medians`), and records in extra_info: each median (ms), fastgen's speedup
+    over each baseline, the achieved GB/s and its percentage of the copy bandwidth.
     """
     want = baselines[check_against]()
     got = fastgen_fn()
@@ -73,6 +86,7 @@ def compare(benchmark, fastgen_fn: Callable, baselines: dict[str, Callable], *, 
     benchmark.group = (group or benchmark.name) + f" [{device.type}, alloc={ALLOCATOR}]"
     info = benchmark.extra_info
     info.update(device=str(device), threads=THREADS, allocator=ALLOCATOR)
+    RESULTS.append((benchmark.name, info))
     if getattr(benchmark, "disabled", False):
         benchmark(fastgen_fn)
         return info
@@ -80,20 +94,21 @@ def compare(benchmark, fastgen_fn: Callable, baselines: dict[str, Callable], *, 
         if name != check_against:
             assert_outputs_close(got, fn(), rtol, atol, f"fastgen vs {name}")
     if device.type == "cuda":
-        t_fast = median_time(fastgen_fn, device)
         benchmark.pedantic(fastgen_fn, rounds=20, warmup_rounds=3, setup=lambda: sync(device))
     else:
-        benchmark.pedantic(fastgen_fn, rounds=max(5, min(200, int(0.3 / max(median_time(fastgen_fn, device, 0.05), 1e-6)))),
-                           warmup_rounds=3)
-        t_fast = benchmark.stats.stats.median
-    info["fastgen_ms"] = round(t_fast * 1e3, 4)
-    for name, fn in baselines.items():
-        t = median_time(fn, device)
-        info[f"{name}_ms"] = round(t * 1e3, 4)
-        info[f"speedup_vs_{name}"] = round(t / t_fast, 2)
+        rounds = max(5, min(200, int(0.3 / max(median_time(fastgen_fn, device, 0.05), 1e-6))))
+        benchmark.pedantic(fastgen_fn, rounds=rounds, warmup_rounds=3)
+    contenders = {"fastgen": fastgen_fn, **baselines}
     if nbytes:
-        bw = copy_bandwidth(nbytes, device)
+        contenders["copy"] = copy_fn(nbytes, device)
+    t = interleaved_medians(contenders, device)
+    t_fast = t["fastgen"]
+    info["fastgen_ms"] = round(t_fast * 1e3, 4)
+    for name in baselines:
+        info[f"{name}_ms"] = round(t[name] * 1e3, 4)
+        info[f"speedup_vs_{name}"] = round(t[name] / t_fast, 2)
+    if nbytes:
         info["fastgen_GBps"] = round(nbytes / t_fast / 1e9, 1)
-        info["copy_GBps"] = round(bw / 1e9, 1)
-        info["pct_of_copy_bw"] = round(100 * nbytes / t_fast / bw, 1)
+        info["copy_GBps"] = round(nbytes / t["copy"] / 1e9, 1)
+        info["pct_of_copy_bw"] = round(100 * t["copy"] / t_fast, 1)
     return info
