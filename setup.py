@@ -54,17 +54,24 @@ else:
         extra_link_args=bi.LINK_FLAGS,
     )
 
+# The compiled extension is tied to the torch it was built against (C++ ABI): pin it.
+TORCH_PIN = torch.__version__.split("+")[0]
+# e.g. FASTGEN_LOCAL_VERSION=cpu or cu130 (scripts/build_wheels.sh) -> 0.1.0+cpu
+LOCAL = os.environ.get("FASTGEN_LOCAL_VERSION", "").strip()
+VERSION = "0.1.0" + (f"+{LOCAL}" if LOCAL else "")
+
 setup(
     name="fastgen",
-    version="0.1.0",
+    version=VERSION,
     description="Fused kernels for generative image models (diffusion, GANs, VAEs) in PyTorch",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fastgen", "fastgen.*"]),
-    install_requires=["torch>=2.6", "numpy"],
+    install_requires=[f"torch=={TORCH_PIN}", "numpy"],
     extras_require={
         "triton": ["triton>=3.2"],
+        "demo": ["pillow"],
         "test": ["pytest", "pytest-benchmark", "hypothesis", "pillow"],
     },
     ext_modules=[ext],
