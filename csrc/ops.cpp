@@ -56,6 +56,7 @@ void forward_cpu_into(const at::Tensor& x, const at::Tensor& eps, const at::Tens
   args.coeffs = coeffs.data();
   args.per_sample_coeffs = per_sample;
   args.clip = static_cast<float>(clip);
+  args.stream_stores = cpu::use_streaming_stores(x.numel() * x.element_size() * (nc.defined() ? 5 : 4));
   const DType dt = to_fg_dtype(x.scalar_type(), "x_t");
   at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) { cpu::ddim_forward(dt, args, b, e); });
 }
@@ -114,6 +115,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddim_step_backward_cpu(
   args.coeffs = coeffs.data();
   args.per_sample_coeffs = per_sample;
   args.clip = static_cast<float>(clip);
+  args.stream_stores = cpu::use_streaming_stores(
+      x.numel() * x.element_size() * (2 + int(gp.defined()) + int(g0.defined()) + 2 + int(need_noise_grad)));
   const DType dt = to_fg_dtype(x.scalar_type(), "x_t");
   at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) { cpu::ddim_backward(dt, args, b, e); });
   return {dx, de, dn};
@@ -154,6 +157,8 @@ bool built_with_cuda() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.doc() = "fastgen compiled kernels (CPU, and CUDA when built with it)";
   mod.def("cpu_capability", &fastgen::cpu::cpu_capability, "vector ISA chosen at run time");
+  mod.def("cpu_stream_threshold", &fastgen::cpu::streaming_threshold_bytes,
+          "working-set size (bytes) above which CPU kernels write with non-temporal stores");
   mod.def("built_with_cuda", &built_with_cuda, "whether the CUDA kernels were compiled in");
   mod.attr("ABI_VERSION") = 1;
 }

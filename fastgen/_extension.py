@@ -127,6 +127,7 @@ def status() -> dict:
     info = {"loaded": mod is not None, "how": _how, "error": _error}
     if mod is not None:
         info["cpu_capability"] = mod.cpu_capability()
+        info["cpu_stream_threshold"] = int(mod.cpu_stream_threshold())
         info["built_with_cuda"] = bool(mod.built_with_cuda())
         info["file"] = getattr(mod, "__file__", None)
     return info

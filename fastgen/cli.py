@@ -86,6 +86,7 @@ def collect_info() -> dict:
     ext = dict(_extension.status())
     ext.setdefault("file", None)
     ext.setdefault("cpu_capability", None)
+    ext.setdefault("cpu_stream_threshold", None)
     ext.setdefault("built_with_cuda", None)
     return {
         "fastgen": {"version": __version__, "path": os.path.dirname(os.path.abspath(__file__))},
@@ -133,6 +134,9 @@ def format_info(info: dict) -> str:
     if ext["loaded"]:
         lines.append(f"  fastgen._C: loaded ({ext['how']}) from {ext['file']}")
         lines.append(f"  cpu_capability: {ext['cpu_capability']} (vector ISA picked at run time)")
+        thr = ext["cpu_stream_threshold"]
+        lines.append("  cpu_streaming_stores: " + ("never" if thr is None or thr < 0 else
+                     f"for working sets > {thr / 2**20:.1f} MiB (last-level cache; FASTGEN_CPU_STREAM_BYTES)"))
         lines.append(f"  built_with_cuda: {ext['built_with_cuda']}")
     else:
         lines.append(f"  fastgen._C: NOT loaded ({ext['how']}); fused ops fall back to the PyTorch references")

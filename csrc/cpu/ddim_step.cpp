@@ -11,6 +11,19 @@
 // element i is read before element i is written, and no other element touches that address.
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <emmintrin.h>  // SSE2 (baseline x86-64): _mm_stream_si128, _mm_sfence
+#define FG_HAVE_STREAM 1
+#endif
+#if defined(__unix__)
+#include <unistd.h>
+#endif
 
 #include "fastgen/convert.h"
 
@@ -70,6 +83,63 @@ FG_ALWAYS_INLINE void bwd_segment(const T* FG_RESTRICT x, const T* FG_RESTRICT e
   }
 }
 
+// Non-temporal ("streaming") output: results are computed into an L1-resident chunk buffer by
+// the same vectorised segment loops, then written with 16-byte movntdq stores that bypass the
+// cache and the read-for-ownership of each destination line. SSE2 is baseline x86-64, so every
+// clone can use it; the WC buffers combine the 16-byte pieces into full lines.
+constexpr int64_t kStreamChunkBytes = 2048;
+
+template <typename T>
+FG_ALWAYS_INLINE void stream_store(T* FG_RESTRICT dst, const T* FG_RESTRICT buf, int64_t len) {
+#if defined(FG_HAVE_STREAM)
+  int64_t i = 0;
+  for (; i < len && (reinterpret_cast<std::uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = buf[i];
+  constexpr int64_t V = 16 / sizeof(T);
+  for (; i + V <= len; i += V)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(buf + i)));
+  for (; i < len; ++i) dst[i] = buf[i];
+#else
+  std::memcpy(dst, buf, sizeof(T) * len);
+#endif
+}
+
+FG_ALWAYS_INLINE void stream_fence() {
+#if defined(FG_HAVE_STREAM)
+  _mm_sfence();  // streaming stores are weakly ordered: publish them before the task ends
+#endif
+}
+
+template <typename T, bool NOISE, bool CLIP>
+FG_ALWAYS_INLINE void fwd_segment_streaming(const T* x, const T* e, const T* n, T* xp, T* x0o, int64_t len,
+                                            const DDIMCoeffs<float> c, float clip) {
+  constexpr int64_t K = kStreamChunkBytes / sizeof(T);
+  alignas(64) T bp[K];
+  alignas(64) T b0[K];
+  for (int64_t o = 0; o < len; o += K) {
+    const int64_t l = std::min(K, len - o);
+    fwd_segment<T, NOISE, CLIP>(x + o, e + o, NOISE ? n + o : nullptr, bp, b0, l, c, clip);
+    stream_store(xp + o, bp, l);
+    stream_store(x0o + o, b0, l);
+  }
+}
+
+template <typename T, bool GP, bool G0, bool DN, bool CLIP>
+FG_ALWAYS_INLINE void bwd_segment_streaming(const T* x, const T* e, const T* gp, const T* g0, T* dx, T* de, T* dn,
+                                            int64_t len, const DDIMCoeffs<float> c, float clip) {
+  constexpr int64_t K = kStreamChunkBytes / sizeof(T);
+  alignas(64) T bx[K];
+  alignas(64) T be[K];
+  alignas(64) T bn[DN ? K : 1];
+  for (int64_t o = 0; o < len; o += K) {
+    const int64_t l = std::min(K, len - o);
+    bwd_segment<T, GP, G0, DN, CLIP>(x + o, e + o, GP ? gp + o : nullptr, G0 ? g0 + o : nullptr, bx, be,
+                                     DN ? bn : nullptr, l, c, clip);
+    stream_store(dx + o, bx, l);
+    stream_store(de + o, be, l);
+    if (DN) stream_store(dn + o, bn, l);
+  }
+}
+
 // Walk [begin, end) in runs that share one sample (hence one set of coefficients).
 template <typename F>
 FG_ALWAYS_INLINE void for_each_run(int64_t begin, int64_t end, int64_t per_sample, bool per_sample_coeffs,
@@ -97,14 +167,20 @@ FG_ALWAYS_INLINE void forward_impl(const DDIMForwardArgs& a, int64_t begin, int6
   for_each_run(begin, end, a.per_sample, a.per_sample_coeffs, [&](int64_t o, int64_t len, int64_t s) FG_LAMBDA_INLINE {
     const DDIMCoeffs<float> c = a.coeffs[s];
     const bool noise = n != nullptr;  // the torch layer passes noise only when eta > 0 (as the reference)
-    if (noise) {
-      if (clip) fwd_segment<T, true, true>(x + o, e + o, n + o, xp + o, x0 + o, len, c, a.clip);
-      else fwd_segment<T, true, false>(x + o, e + o, n + o, xp + o, x0 + o, len, c, a.clip);
+    const T* no = noise ? n + o : nullptr;
+    if (a.stream_stores) {
+      if (noise && clip) fwd_segment_streaming<T, true, true>(x + o, e + o, no, xp + o, x0 + o, len, c, a.clip);
+      else if (noise) fwd_segment_streaming<T, true, false>(x + o, e + o, no, xp + o, x0 + o, len, c, a.clip);
+      else if (clip) fwd_segment_streaming<T, false, true>(x + o, e + o, no, xp + o, x0 + o, len, c, a.clip);
+      else fwd_segment_streaming<T, false, false>(x + o, e + o, no, xp + o, x0 + o, len, c, a.clip);
     } else {
-      if (clip) fwd_segment<T, false, true>(x + o, e + o, nullptr, xp + o, x0 + o, len, c, a.clip);
-      else fwd_segment<T, false, false>(x + o, e + o, nullptr, xp + o, x0 + o, len, c, a.clip);
+      if (noise && clip) fwd_segment<T, true, true>(x + o, e + o, no, xp + o, x0 + o, len, c, a.clip);
+      else if (noise) fwd_segment<T, true, false>(x + o, e + o, no, xp + o, x0 + o, len, c, a.clip);
+      else if (clip) fwd_segment<T, false, true>(x + o, e + o, no, xp + o, x0 + o, len, c, a.clip);
+      else fwd_segment<T, false, false>(x + o, e + o, no, xp + o, x0 + o, len, c, a.clip);
     }
   });
+  if (a.stream_stores) stream_fence();
 }
 
 template <typename T, bool GP, bool G0>
@@ -117,11 +193,15 @@ FG_ALWAYS_INLINE void backward_run(const DDIMBackwardArgs& a, int64_t o, int64_t
   T* de = static_cast<T*>(a.deps) + o;
   T* dn = a.dnoise ? static_cast<T*>(a.dnoise) + o : nullptr;
   const bool clip = a.clip > 0.f;
-  if (dn) {
-    if (clip) bwd_segment<T, GP, G0, true, true>(x, e, gp, g0, dx, de, dn, len, c, a.clip);
-    else bwd_segment<T, GP, G0, true, false>(x, e, gp, g0, dx, de, dn, len, c, a.clip);
+  if (a.stream_stores) {
+    if (dn && clip) bwd_segment_streaming<T, GP, G0, true, true>(x, e, gp, g0, dx, de, dn, len, c, a.clip);
+    else if (dn) bwd_segment_streaming<T, GP, G0, true, false>(x, e, gp, g0, dx, de, dn, len, c, a.clip);
+    else if (clip) bwd_segment_streaming<T, GP, G0, false, true>(x, e, gp, g0, dx, de, nullptr, len, c, a.clip);
+    else bwd_segment_streaming<T, GP, G0, false, false>(x, e, gp, g0, dx, de, nullptr, len, c, a.clip);
   } else {
-    if (clip) bwd_segment<T, GP, G0, false, true>(x, e, gp, g0, dx, de, nullptr, len, c, a.clip);
+    if (dn && clip) bwd_segment<T, GP, G0, true, true>(x, e, gp, g0, dx, de, dn, len, c, a.clip);
+    else if (dn) bwd_segment<T, GP, G0, true, false>(x, e, gp, g0, dx, de, dn, len, c, a.clip);
+    else if (clip) bwd_segment<T, GP, G0, false, true>(x, e, gp, g0, dx, de, nullptr, len, c, a.clip);
     else bwd_segment<T, GP, G0, false, false>(x, e, gp, g0, dx, de, nullptr, len, c, a.clip);
   }
 }
@@ -136,6 +216,7 @@ FG_ALWAYS_INLINE void backward_impl(const DDIMBackwardArgs& a, int64_t begin, in
     else if (g0) backward_run<T, false, true>(a, o, len, c);
     else backward_run<T, false, false>(a, o, len, c);
   });
+  if (a.stream_stores) stream_fence();
 }
 
 FG_CLONES void forward_f32(const DDIMForwardArgs& a, int64_t b, int64_t e) { forward_impl<float>(a, b, e); }
@@ -163,6 +244,50 @@ void ddim_backward(DType dtype, const DDIMBackwardArgs& a, int64_t begin, int64_
     case DType::BFloat16: backward_bf16(a, begin, end); break;
     default: break;
   }
+}
+
+namespace {
+// Size of one last-level cache instance (what one core's working set competes for). sysfs is
+// preferred: on many servers sysconf(_SC_LEVEL3_CACHE_SIZE) reports the whole package's L3
+// (e.g. 384 MB on a multi-CCD EPYC whose cores each see a 32 MB slice).
+int64_t last_level_cache_bytes() {
+  int64_t best = 0;
+  for (int idx = 0; idx < 8; ++idx) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(idx) + "/";
+    std::ifstream level_file(dir + "level"), size_file(dir + "size");
+    int level = 0;
+    std::string size;
+    if (!(level_file >> level) || !(size_file >> size) || size.empty()) continue;
+    int64_t v = std::strtoll(size.c_str(), nullptr, 10);
+    const char unit = size.back();
+    if (unit == 'K' || unit == 'k') v <<= 10;
+    else if (unit == 'M' || unit == 'm') v <<= 20;
+    else if (unit == 'G' || unit == 'g') v <<= 30;
+    if (level >= 2 && v > best) best = v;
+  }
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+  if (best <= 0) best = static_cast<int64_t>(sysconf(_SC_LEVEL3_CACHE_SIZE));
+#endif
+  return best > 0 ? best : (int64_t{32} << 20);
+}
+}  // namespace
+
+int64_t streaming_threshold_bytes() {
+  // FASTGEN_CPU_STREAM_BYTES overrides it (0: always stream; -1: never).
+  static const int64_t threshold = [] {
+    if (const char* env = std::getenv("FASTGEN_CPU_STREAM_BYTES")) {
+      char* end = nullptr;
+      const long long v = std::strtoll(env, &end, 10);
+      if (end != env) return static_cast<int64_t>(v);
+    }
+    return last_level_cache_bytes();
+  }();
+  return threshold;
+}
+
+bool use_streaming_stores(int64_t bytes) {
+  const int64_t threshold = streaming_threshold_bytes();
+  return threshold >= 0 && bytes > threshold;
 }
 
 const char* cpu_capability() {

@@ -18,6 +18,7 @@ struct DDIMForwardArgs {
   const DDIMCoeffs<float>* coeffs;  // one per sample, or a single entry
   bool per_sample_coeffs;
   float clip;  // <= 0: no clipping
+  bool stream_stores = false;  // non-temporal stores (see use_streaming_stores)
 };
 
 struct DDIMBackwardArgs {
@@ -32,10 +33,19 @@ struct DDIMBackwardArgs {
   const DDIMCoeffs<float>* coeffs;
   bool per_sample_coeffs;
   float clip;
+  bool stream_stores = false;
 };
 
 void ddim_forward(DType dtype, const DDIMForwardArgs& a, int64_t begin, int64_t end);
 void ddim_backward(DType dtype, const DDIMBackwardArgs& a, int64_t begin, int64_t end);
+
+// Whether a pass that moves `bytes` (inputs + outputs) should write its outputs with non-temporal
+// stores: true when the working set exceeds the last-level cache, where skipping the
+// read-for-ownership of each output line saves a third of the DRAM traffic. Cache-resident
+// passes keep ordinary stores (their outputs are read again soon).
+bool use_streaming_stores(int64_t bytes);
+// The threshold in bytes: one last-level cache instance, or FASTGEN_CPU_STREAM_BYTES (-1: never).
+int64_t streaming_threshold_bytes();
 
 // Which vector ISA the runtime dispatcher picked on this machine ("x86-64-v4", ...).
 const char* cpu_capability();

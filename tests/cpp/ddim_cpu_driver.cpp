@@ -169,10 +169,12 @@ struct Layout {
 };
 
 // Sample sizes that are not multiples of any vector width (37, 19, 613, 1), one that is (256),
-// and a single coefficient set shared by the whole tensor (ops.cpp then passes per_sample=numel).
+// runs longer than a streaming chunk, and a single coefficient set shared by the whole tensor (ops.cpp then passes per_sample=numel).
 const Layout kLayouts[] = {
     {"5x37/per-sample", 5, 37, true},   {"3x1/per-sample", 3, 1, true},   {"2x613/per-sample", 2, 613, true},
     {"7x19/per-sample", 7, 19, true},   {"2x256/per-sample", 2, 256, true}, {"4x37/shared", 4, 37, false},
+    // longer than one streaming-store chunk (512 fp32 / 1024 half elements)
+    {"2x1500/per-sample", 2, 1500, true}, {"3x1111/shared", 3, 1111, false},
 };
 
 // (alpha_bar_t, alpha_bar_prev) pairs: a big early jump (1/sqrt(a_t) ~ 14.6), ordinary steps,
@@ -286,14 +288,16 @@ void forward_case(const Layout& L, double eta, bool noise, float clip, int strat
   a.coeffs = cf.data();
   a.per_sample_coeffs = L.per_sample_coeffs;
   a.clip = clip;
+  a.stream_stores = (rng() & 1) != 0;  // both store paths; random splits give unaligned heads/tails
 
   int64_t lo, hi;
   const auto splits = make_splits(numel, strategy, rng, &lo, &hi);
   for (const auto& r : splits) fcpu::ddim_forward(Fmt<T>::dtype, a, r.first, r.second);
 
   char name[200];
-  std::snprintf(name, sizeof name, "forward %s %s eta=%.1f noise=%d clip=%g split=%s alphas+%d", Fmt<T>::name,
-                L.name, eta, int(noise), double(clip), kSplitNames[strategy], offset);
+  std::snprintf(name, sizeof name, "forward %s %s eta=%.1f noise=%d clip=%g split=%s alphas+%d stream=%d",
+                Fmt<T>::name, L.name, eta, int(noise), double(clip), kSplitNames[strategy], offset,
+                int(a.stream_stores));
   CaseCheck ck{name, &st};
   const double cl = clip;
   for (int64_t i = lo; i < hi; ++i) {
@@ -340,15 +344,16 @@ void backward_case(const Layout& L, double eta, bool has_gp, bool has_g0, bool h
   a.coeffs = cf.data();
   a.per_sample_coeffs = L.per_sample_coeffs;
   a.clip = clip;
+  a.stream_stores = (rng() & 1) != 0;
 
   int64_t lo, hi;
   const auto splits = make_splits(numel, strategy, rng, &lo, &hi);
   for (const auto& r : splits) fcpu::ddim_backward(Fmt<T>::dtype, a, r.first, r.second);
 
   char name[200];
-  std::snprintf(name, sizeof name, "backward %s %s eta=%.1f g_prev=%s g_x0=%s dnoise=%s clip=%g split=%s alphas+%d",
+  std::snprintf(name, sizeof name, "backward %s %s eta=%.1f g_prev=%s g_x0=%s dnoise=%s clip=%g split=%s alphas+%d stream=%d",
                 Fmt<T>::name, L.name, eta, has_gp ? "y" : "null", has_g0 ? "y" : "null", has_dn ? "y" : "null",
-                double(clip), kSplitNames[strategy], offset);
+                double(clip), kSplitNames[strategy], offset, int(a.stream_stores));
   CaseCheck ck{name, &st};
   const double cl = clip;
   for (int64_t i = lo; i < hi; ++i) {
