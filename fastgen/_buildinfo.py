@@ -18,11 +18,20 @@ def source_root() -> Path:
 
 
 def cpu_sources(root: Path) -> list[str]:
-    return [str(root / "csrc" / "ops.cpp"), str(root / "csrc" / "autograd.cpp")] + sorted(str(p) for p in (root / "csrc" / "cpu").glob("*.cpp"))
+    """Every ``csrc/*.cpp`` torch-binding file except the CUDA one, and the CPU kernels.
+
+    ``csrc/ops.cpp`` holds ``TORCH_LIBRARY(fastgen, m)``; other binding files (one per op family,
+    e.g. ``csrc/ops_sampler.cpp``) add their schemas with ``TORCH_LIBRARY_FRAGMENT(fastgen, m)``.
+    """
+    csrc = root / "csrc"
+    binding = sorted(str(p) for p in csrc.glob("*.cpp") if "cuda" not in p.name)
+    return binding + sorted(str(p) for p in (csrc / "cpu").glob("*.cpp"))
 
 
 def cuda_sources(root: Path) -> list[str]:
-    return [str(root / "csrc" / "ops_cuda.cpp")] + sorted(str(p) for p in (root / "csrc" / "cuda").glob("*.cu"))
+    """The CUDA binding files (``csrc/*cuda*.cpp``, e.g. ``ops_cuda.cpp``) and ``csrc/cuda/*.cu``."""
+    csrc = root / "csrc"
+    return sorted(str(p) for p in csrc.glob("*cuda*.cpp")) + sorted(str(p) for p in (csrc / "cuda").glob("*.cu"))
 
 
 def include_dirs(root: Path) -> list[str]:
