@@ -4,6 +4,7 @@
 #include <cstdint>
 #include "fastgen/ddim.h"
 #include "fastgen/macros.h"
+#include "stream.h"
 
 namespace fastgen {
 namespace cpu {
@@ -39,13 +40,7 @@ struct DDIMBackwardArgs {
 void ddim_forward(DType dtype, const DDIMForwardArgs& a, int64_t begin, int64_t end);
 void ddim_backward(DType dtype, const DDIMBackwardArgs& a, int64_t begin, int64_t end);
 
-// Whether a pass that moves `bytes` (inputs + outputs) should write its outputs with non-temporal
-// stores: true when the working set exceeds the last-level cache, where skipping the
-// read-for-ownership of each output line saves a third of the DRAM traffic. Cache-resident
-// passes keep ordinary stores (their outputs are read again soon).
-bool use_streaming_stores(int64_t bytes);
-// The threshold in bytes: one last-level cache instance, or FASTGEN_CPU_STREAM_BYTES (-1: never).
-int64_t streaming_threshold_bytes();
+// use_streaming_stores / streaming_threshold_bytes: see stream.h
 
 // Which vector ISA the runtime dispatcher picked on this machine ("x86-64-v4", ...).
 const char* cpu_capability();
