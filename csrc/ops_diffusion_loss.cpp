@@ -233,7 +233,14 @@ void q_sample_out_cpu(const at::Tensor& x0, const at::Tensor& noise, const at::T
                   " in memory (writing over an input is only allowed into the identical tensor)");
     }
   }
-  const bool direct = batch_outer_dense(x_t) && (!target || target->strides() == x_t.strides());
+  // The kernels' pointers are __restrict__: an output that is an input itself (in place) goes
+  // through a temporary, as do outputs the kernels cannot walk directly.
+  bool aliased = false;
+  for (const auto& o : outs) {
+    aliased = aliased || at::get_overlap_status(*o.first, x0) == at::MemOverlapStatus::Full ||
+              at::get_overlap_status(*o.first, noise) == at::MemOverlapStatus::Full;
+  }
+  const bool direct = !aliased && batch_outer_dense(x_t) && (!target || target->strides() == x_t.strides());
   if (direct) {
     lin2_into(&x0, &noise, ab, p, false, &x_t, target ? &*target : nullptr, op, "x0");
   } else {
@@ -303,7 +310,7 @@ LossSetup loss_setup(const at::Tensor& m, const OptTensor& ab, const OptTensor& 
   for (int64_t i = 0; i < n; ++i) {
     const double l = level[i];
     if (edm) {
-      TORCH_CHECK_VALUE(l > 0.0 && std::isfinite(l), "fastgen.diffusion_loss: sigma must be > 0 and finite, got ", l);
+      TORCH_CHECK_VALUE(l > 0.0 && std::isfinite(l), "fastgen.diffusion_loss: sigma must be in (0, inf), got ", l);
     } else {
       TORCH_CHECK_VALUE(l >= 0.0 && l <= 1.0, "fastgen.diffusion_loss: alpha_bar must be in [0, 1], got ", l);
     }
