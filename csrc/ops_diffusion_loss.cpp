@@ -105,18 +105,21 @@ void check_param(const at::Tensor& a, const at::Tensor& x, const char* op, const
                     " is on ", x.device());
 }
 
-// Host values of a checked parameter, as doubles with a stride (0 for a scalar).
+// Host values of a checked parameter, read as doubles with a stride (0 for a scalar). float64 and
+// float32 tensors are read in place; other float dtypes are converted to float64 first.
 struct HostValues {
   at::Tensor t;
-  const double* p = nullptr;
+  const double* pd = nullptr;
+  const float* pf = nullptr;
   int64_t stride = 0;
-  double operator[](int64_t i) const { return p[i * stride]; }
+  double operator[](int64_t i) const { return pd ? pd[i * stride] : static_cast<double>(pf[i * stride]); }
 };
 
 HostValues host_values(const at::Tensor& a) {
   HostValues h;
-  h.t = a.scalar_type() == at::kDouble ? a : a.to(at::kDouble);
-  h.p = h.t.const_data_ptr<double>();
+  h.t = (a.scalar_type() == at::kDouble || a.scalar_type() == at::kFloat) ? a : a.to(at::kDouble);
+  if (h.t.scalar_type() == at::kDouble) h.pd = h.t.const_data_ptr<double>();
+  else h.pf = h.t.const_data_ptr<float>();
   h.stride = h.t.dim() ? h.t.stride(0) : 0;
   return h;
 }
@@ -715,6 +718,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_loss_backward_autograd(
   no_param_grad(ab, "diffusion_loss", "alpha_bar");
   no_param_grad(sigma, "diffusion_loss", "sigma");
   no_param_grad(weight, "diffusion_loss", "weight");
+  // The first backward of a training step runs without grad mode (no create_graph): no graph node.
+  const bool any = g.requires_grad() || m.requires_grad() || x0.requires_grad() || noise.requires_grad();
+  if (!at::GradMode::is_enabled() || !any) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_loss_backward(g, m, x0, noise, ab, sigma, weight, pt, wt, gamma, sd, red, need_m, need_x0,
+                              need_noise);
+  }
   auto o = DiffusionLossBackwardFn::apply(g, m, x0, noise, ab, sigma, weight, pt, wt, gamma, sd, red, need_m, need_x0,
                                           need_noise);
   return {o[0], o[1], o[2]};

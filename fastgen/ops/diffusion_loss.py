@@ -332,13 +332,19 @@ def _register_autograd(fwd_name: str, bwd_name: str) -> None:
 # ----------------------------------------------------------------------------- public entry
 def _check_args(model_output, x0, noise, prediction_type, weighting, reduction, min_snr_gamma, sigma_data,
                 alpha_bar, sigma):
-    for t, name in ((model_output, "model_output"), (x0, "x0"), (noise, "noise")):
-        C.check_tensor(t, name, OP)
-    C.check_float_dtype(model_output, "model_output", OP)
-    if model_output.dim() == 0:
-        raise ValueError(f"fastgen.{OP}: model_output must have a batch dimension (shape [N, ...]), got a 0-d tensor")
-    C.check_same(x0, model_output, "x0", "model_output", OP)
-    C.check_same(noise, model_output, "noise", "model_output", OP)
+    m = model_output
+    fine = (isinstance(m, torch.Tensor) and isinstance(x0, torch.Tensor) and isinstance(noise, torch.Tensor)
+            and m.dtype in C.FLOAT_DTYPES and m.dim() > 0 and x0.shape == m.shape and noise.shape == m.shape
+            and x0.dtype == m.dtype and noise.dtype == m.dtype and x0.device == m.device and noise.device == m.device)
+    if not fine:  # find the culprit, for a message naming it
+        for t, name in ((m, "model_output"), (x0, "x0"), (noise, "noise")):
+            C.check_tensor(t, name, OP)
+        C.check_float_dtype(m, "model_output", OP)
+        if m.dim() == 0:
+            raise ValueError(f"fastgen.{OP}: model_output must have a batch dimension (shape [N, ...]), got a 0-d "
+                             "tensor")
+        C.check_same(x0, m, "x0", "model_output", OP)
+        C.check_same(noise, m, "noise", "model_output", OP)
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"fastgen.{OP}: prediction_type must be one of {', '.join(map(repr, PREDICTION_TYPES))}; "
                          f"got {prediction_type!r}")
@@ -347,10 +353,12 @@ def _check_args(model_output, x0, noise, prediction_type, weighting, reduction, 
                          f"per-sample weights; got {weighting!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"fastgen.{OP}: reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}")
-    gamma = C.check_real(min_snr_gamma, "min_snr_gamma", OP, lo=0.0, lo_open=True)
-    sd = C.check_real(sigma_data, "sigma_data", OP, lo=0.0, lo_open=True)
-    if math.isinf(gamma) or math.isinf(sd):
-        raise ValueError(f"fastgen.{OP}: min_snr_gamma and sigma_data must be finite")
+    gamma, sd = min_snr_gamma, sigma_data
+    if not (type(gamma) is float and type(sd) is float and 0.0 < gamma < math.inf and 0.0 < sd < math.inf):
+        gamma = C.check_real(min_snr_gamma, "min_snr_gamma", OP, lo=0.0, lo_open=True)
+        sd = C.check_real(sigma_data, "sigma_data", OP, lo=0.0, lo_open=True)
+        if math.isinf(gamma) or math.isinf(sd):
+            raise ValueError(f"fastgen.{OP}: min_snr_gamma and sigma_data must be finite")
     if prediction_type == "edm":
         if sigma is None:
             raise ValueError(f"fastgen.{OP}: sigma is required with prediction_type='edm'")
