@@ -518,3 +518,34 @@ def test_torch_compile_inductor_forward():
     torch._dynamo.reset()
     got = torch.compile(fn, fullgraph=True)(m, x0, noise, sigma)
     assert_close(got, fn(m, x0, noise, sigma), what="inductor", rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------ GPU (skipped without one)
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pt", PTS)
+def test_cuda_triton_matches_reference(dtype, pt):
+    ok, why = backend.impl_available("triton", "cuda")
+    if not ok:
+        pytest.skip(why)
+    from fastgen.ops.diffusion_loss import _triton_ops
+
+    dev = torch.device("cuda")
+    n = 5
+    m, x0, noise = (t.to(dev) for t in inputs((n, 4, 33, 17), dtype))
+    kw = {k: v.to(dev) for k, v in level(pt, n).items()}  # device per-sample noise levels
+    kw.update(prediction_type=pt, weighting="min_snr")
+    for red in REDS:
+        loss, g = _loss_and_grad("triton", m, x0, noise, reduction=red, **kw)
+        rloss, rg = _loss_and_grad("torch", m, x0, noise, reduction=red, **kw)
+        assert_close(loss, rloss, what="cuda loss", **LOSS_TOL)
+        assert_close(g, rg, dtype, what="cuda dm")
+    key = "sigma" if pt == "edm" else "alpha_bar"
+    args = (m.clone().requires_grad_(), x0, noise, kw.get("alpha_bar"), kw.get("sigma"), None, pt, "min_snr", 5.0,
+            0.5, "mean")
+    torch.library.opcheck(_triton_ops()[0], args)
+    compiled = torch.compile(lambda m, x0, noise, lv: diffusion_loss(m, x0, noise, prediction_type=pt,
+                                                                     **{key: lv}), fullgraph=True)
+    assert_close(compiled(m, x0, noise, kw[key]), diffusion_loss_reference(m, x0, noise, prediction_type=pt,
+                                                                           **{key: kw[key]}),
+                 what="compiled", **LOSS_TOL)
