@@ -381,7 +381,7 @@ at::Tensor diffusion_loss_cpu(const at::Tensor& m, const at::Tensor& x0, const a
     double total = 0.0;
     for (int64_t i = 0; i < n; ++i) total += per_sample[i];
     if (a.red == Reduction::Mean && n > 0) total /= static_cast<double>(n);  // mean of an empty batch: 0
-    out.fill_(total);
+    *out.mutable_data_ptr<float>() = static_cast<float>(total);
   }
   return out;
 }
