@@ -4,5 +4,9 @@ Importing this package loads the compiled extension (building it just in time if
 registers every op's fake kernel and autograd formula.
 """
 from .ddim_step import DDIMStepOutput, ddim_coefficients, ddim_step, ddim_step_reference
+from .diffusion_loss import diffusion_loss, diffusion_loss_coefficients, diffusion_loss_reference
+from .q_sample import QSampleOutput, q_sample, q_sample_coefficients, q_sample_reference
 
-__all__ = ["DDIMStepOutput", "ddim_coefficients", "ddim_step", "ddim_step_reference"]
+__all__ = ["DDIMStepOutput", "ddim_coefficients", "ddim_step", "ddim_step_reference",
+           "QSampleOutput", "q_sample", "q_sample_coefficients", "q_sample_reference",
+           "diffusion_loss", "diffusion_loss_coefficients", "diffusion_loss_reference"]
