@@ -4,5 +4,7 @@ Each function validates its arguments (errors name the argument), picks an imple
 (see :mod:`fastgen.backend`; ``impl=`` forces one) and calls the op.
 """
 from .ops.ddim_step import DDIMStepOutput, ddim_step
+from .ops.diffusion_loss import diffusion_loss
+from .ops.q_sample import QSampleOutput, q_sample
 
-__all__ = ["DDIMStepOutput", "ddim_step"]
+__all__ = ["DDIMStepOutput", "ddim_step", "QSampleOutput", "q_sample", "diffusion_loss"]

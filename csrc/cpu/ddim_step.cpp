@@ -98,22 +98,6 @@ FG_ALWAYS_INLINE void bwd_segment_streaming(const T* x, const T* e, const T* gp,
   }
 }
 
-// Walk [begin, end) in runs that share one sample (hence one set of coefficients).
-template <typename F>
-FG_ALWAYS_INLINE void for_each_run(int64_t begin, int64_t end, int64_t per_sample, bool per_sample_coeffs,
-                                   const F& f) {
-  int64_t i = begin;
-  while (i < end) {
-    int64_t s = 0, stop = end;
-    if (per_sample_coeffs) {
-      s = i / per_sample;
-      stop = std::min(end, (s + 1) * per_sample);
-    }
-    f(i, stop - i, s);
-    i = stop;
-  }
-}
-
 template <typename T>
 FG_ALWAYS_INLINE void forward_impl(const DDIMForwardArgs& a, int64_t begin, int64_t end) {
   const T* x = static_cast<const T*>(a.x);

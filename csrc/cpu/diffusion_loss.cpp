@@ -16,37 +16,12 @@
 #include <cstdint>
 
 #include "fastgen/convert.h"
+#include "stream.h"  // FG_CLONES, FG_LAMBDA_INLINE
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FASTGEN_NO_CLONES)
-#define FG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FG_CLONES
-#endif
-#if defined(__GNUC__)
-#define FG_LAMBDA_INLINE __attribute__((always_inline))
-#else
-#define FG_LAMBDA_INLINE
-#endif
 
 namespace fastgen {
 namespace cpu {
 namespace {
-
-// Walk [begin, end) in runs that share one sample (hence one set of coefficients).
-template <typename F>
-FG_ALWAYS_INLINE void for_each_run(int64_t begin, int64_t end, int64_t per_sample, bool per_sample_coeffs,
-                                   const F& f) {
-  int64_t i = begin;
-  while (i < end) {
-    int64_t s = 0, stop = end;
-    if (per_sample_coeffs) {
-      s = i / per_sample;
-      stop = std::min(end, (s + 1) * per_sample);
-    }
-    f(i, stop - i, s);
-    i = stop;
-  }
-}
 
 // ------------------------------------------------------------------------------- q_sample
 template <bool U, bool V>

@@ -27,6 +27,22 @@
 namespace fastgen {
 namespace cpu {
 
+// Walk [begin, end) in runs that share one sample (hence one set of coefficients).
+template <typename F>
+FG_ALWAYS_INLINE void for_each_run(int64_t begin, int64_t end, int64_t per_sample, bool per_sample_coeffs,
+                                   const F& f) {
+  int64_t i = begin;
+  while (i < end) {
+    int64_t s = 0, stop = end;
+    if (per_sample_coeffs) {
+      s = i / per_sample;
+      stop = std::min(end, (s + 1) * per_sample);
+    }
+    f(i, stop - i, s);
+    i = stop;
+  }
+}
+
 // Non-temporal ("streaming") output: results are computed into an L1-resident chunk buffer by
 // the same vectorised segment loops, then written with 16-byte movntdq stores that bypass the
 // cache and the read-for-ownership of each destination line. SSE2 is baseline x86-64, so every
