@@ -1,0 +1,171 @@
+// CPU kernel of the coefficient-driven sampler update (see csrc/include/fastgen/sampler.h).
+//
+// One pass: reads x, the model output (and the unconditional output when guiding), up to two
+// history tensors and, for ancestral steps, either a noise tensor or nothing at all -- the
+// normal noise is then generated in-kernel from a counter-based Philox stream
+// (csrc/include/fastgen/philox.h) into an L1-resident block buffer, so no noise tensor is
+// written or read. Writes x_prev and x0. fp32 math for every storage dtype.
+//
+// Like ddim_step.cpp: entry points are compiled with target_clones (AVX-512 / AVX2 / SSE2,
+// chosen by the loader), the loops auto-vectorise (the Philox rounds vectorise as 32x32->64-bit
+// multiplies; log and sin/cos are branch-free polynomials), and outputs of working sets larger
+// than the last-level cache are written with non-temporal stores.
+#include "sampler_update.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "fastgen/convert.h"
+#include "fastgen/philox.h"
+
+namespace fastgen {
+namespace cpu {
+namespace {
+
+constexpr int64_t kBlock = 512;  // elements per inner block (noise / streaming buffers stay in L1)
+
+// Normals for global element indices [start, start + len) into z[0, len); z has room for
+// len + 8 floats (the block is widened to whole Philox groups of four).
+FG_ALWAYS_INLINE void philox_block(float* FG_RESTRICT z, int64_t start, int64_t len, uint64_t seed,
+                                   uint64_t offset, float* FG_RESTRICT zz) {
+  const int64_t g0 = start >> 2;
+  const int64_t ng = ((start + len + 3) >> 2) - g0;
+  const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const uint32_t o0 = static_cast<uint32_t>(offset), o1 = static_cast<uint32_t>(offset >> 32);
+  float* FG_RESTRICT r0 = zz;
+  float* FG_RESTRICT r1 = zz + kBlock / 4 + 2;
+  float* FG_RESTRICT r2 = zz + 2 * (kBlock / 4 + 2);
+  float* FG_RESTRICT r3 = zz + 3 * (kBlock / 4 + 2);
+#pragma omp simd
+  for (int64_t j = 0; j < ng; ++j) {
+    const uint64_t g = static_cast<uint64_t>(g0 + j);
+    const philox::U4 r = philox::philox4x32_10(
+        philox::U4{static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), o0, o1}, k0, k1);
+    float c0, s0, c1, s1;
+    const float rad0 = std::sqrt(philox::minus_two_log(philox::to_unit(r.x)));
+    const float rad1 = std::sqrt(philox::minus_two_log(philox::to_unit(r.z)));
+    philox::sincos_2pi(philox::to_unit(r.y), &c0, &s0);
+    philox::sincos_2pi(philox::to_unit(r.w), &c1, &s1);
+    r0[j] = rad0 * c0;
+    r1[j] = rad0 * s0;
+    r2[j] = rad1 * c1;
+    r3[j] = rad1 * s1;
+  }
+  // de-interleave the four lanes into element order
+  const int64_t skew = start - 4 * g0;
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t k = i + skew;
+    const int64_t j = k >> 2, lane = k & 3;
+    const float v0 = r0[j], v1 = r1[j], v2 = r2[j], v3 = r3[j];
+    z[i] = lane == 0 ? v0 : (lane == 1 ? v1 : (lane == 2 ? v2 : v3));
+  }
+}
+
+template <typename T, bool GUIDE, int NH, int NK, bool VAR>
+FG_ALWAYS_INLINE void update_block(const SamplerArgs& a, int64_t o, int64_t len, const SamplerCoeffs& c) {
+  const T* FG_RESTRICT x = static_cast<const T*>(a.x) + o;
+  const T* FG_RESTRICT m = static_cast<const T*>(a.m) + o;
+  const T* FG_RESTRICT u = GUIDE ? static_cast<const T*>(a.uncond) + o : nullptr;
+  const T* FG_RESTRICT h1 = NH >= 1 ? static_cast<const T*>(a.h1) + o : nullptr;
+  const T* FG_RESTRICT h2 = NH >= 2 ? static_cast<const T*>(a.h2) + o : nullptr;
+  const T* FG_RESTRICT n = NK == 1 ? static_cast<const T*>(a.noise) + o : nullptr;
+  const T* FG_RESTRICT v = VAR ? static_cast<const T*>(a.var) + o : nullptr;
+  alignas(64) float z[NK == 2 ? kBlock + 8 : 1];
+  alignas(64) float zz[NK == 2 ? kBlock + 16 : 1];
+  if (NK == 2) philox_block(z, o, len, a.seed, a.offset, zz);
+  alignas(64) T bp[kBlock];
+  alignas(64) T b0[kBlock];
+  T* FG_RESTRICT dp = a.stream_stores ? bp : static_cast<T*>(a.x_prev) + o;
+  T* FG_RESTRICT d0 = a.stream_stores ? b0 : static_cast<T*>(a.x0) + o;
+  const float g = a.guidance;
+  const float lv_half = 0.25f * (c.lv_hi - c.lv_lo);       // 0.5 * (hi - lo) / 2
+  const float lv_mid = 0.5f * c.lv_lo + lv_half;            // 0.5 * lo + 0.5 * (hi - lo) / 2
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const float xv = to_float(x[i]);
+    float mv = to_float(m[i]);
+    if (GUIDE) {
+      const float uv = to_float(u[i]);
+      mv = uv + g * (mv - uv);
+    }
+    float x0 = c.a_x * xv + c.a_m * mv;
+    x0 = std::min(std::max(x0, -c.clip), c.clip);  // clip = +inf: no clamp (NaN propagates)
+    x0 *= c.scale;
+    float out = c.c_x * xv + c.c_0 * x0 + c.c_m * mv;
+    if (NH >= 1) out += c.c_h1 * to_float(h1[i]);
+    if (NH >= 2) out += c.c_h2 * to_float(h2[i]);
+    if (NK != 0) {
+      float nv = NK == 1 ? to_float(n[i]) : z[i];
+      if (VAR) nv *= std::exp(lv_mid + lv_half * to_float(v[i]));  // exp(0.5 (lo + (v+1)/2 (hi-lo)))
+      out += c.c_n * nv;
+    }
+    dp[i] = from_float<T>(out);
+    d0[i] = from_float<T>(x0);
+  }
+  if (a.stream_stores) {
+    stream_store(static_cast<T*>(a.x_prev) + o, bp, len);
+    stream_store(static_cast<T*>(a.x0) + o, b0, len);
+  }
+}
+
+// Walk [begin, end) in blocks of kBlock that share one sample (hence one coefficient set).
+template <typename T, bool GUIDE, int NH, int NK, bool VAR>
+FG_ALWAYS_INLINE void run(const SamplerArgs& a, int64_t begin, int64_t end) {
+  for_each_run(begin, end, a.per_sample, a.per_sample_coeffs, [&](int64_t i, int64_t len, int64_t s) FG_LAMBDA_INLINE {
+    const SamplerCoeffs c = a.coeffs[s];
+    for (int64_t o = i; o < i + len; o += kBlock)
+      update_block<T, GUIDE, NH, NK, VAR>(a, o, std::min(kBlock, i + len - o), c);
+  });
+  if (a.stream_stores) stream_fence();
+}
+
+template <typename T, bool GUIDE, int NH>
+FG_ALWAYS_INLINE void by_noise(const SamplerArgs& a, int64_t b, int64_t e) {
+  const bool var = a.var != nullptr;
+  switch (a.noise_kind) {
+    case NoiseKind::Tensor:
+      if (var) run<T, GUIDE, NH, 1, true>(a, b, e);
+      else run<T, GUIDE, NH, 1, false>(a, b, e);
+      break;
+    case NoiseKind::Philox:
+      if (var) run<T, GUIDE, NH, 2, true>(a, b, e);
+      else run<T, GUIDE, NH, 2, false>(a, b, e);
+      break;
+    default: run<T, GUIDE, NH, 0, false>(a, b, e); break;
+  }
+}
+
+template <typename T>
+FG_ALWAYS_INLINE void dispatch(const SamplerArgs& a, int64_t b, int64_t e) {
+  const int nh = a.h2 ? 2 : (a.h1 ? 1 : 0);
+  if (a.uncond) {
+    if (nh == 2) by_noise<T, true, 2>(a, b, e);
+    else if (nh == 1) by_noise<T, true, 1>(a, b, e);
+    else by_noise<T, true, 0>(a, b, e);
+  } else {
+    if (nh == 2) by_noise<T, false, 2>(a, b, e);
+    else if (nh == 1) by_noise<T, false, 1>(a, b, e);
+    else by_noise<T, false, 0>(a, b, e);
+  }
+}
+
+FG_CLONES void update_f32(const SamplerArgs& a, int64_t b, int64_t e) { dispatch<float>(a, b, e); }
+FG_CLONES void update_f16(const SamplerArgs& a, int64_t b, int64_t e) { dispatch<f16_t>(a, b, e); }
+FG_CLONES void update_bf16(const SamplerArgs& a, int64_t b, int64_t e) { dispatch<bf16_t>(a, b, e); }
+
+}  // namespace
+
+void sampler_update(DType dtype, const SamplerArgs& a, int64_t begin, int64_t end) {
+  switch (dtype) {
+    case DType::Float32: update_f32(a, begin, end); break;
+    case DType::Float16: update_f16(a, begin, end); break;
+    case DType::BFloat16: update_bf16(a, begin, end); break;
+    default: break;  // the torch layer rejects other dtypes before calling
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastgen
