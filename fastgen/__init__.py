@@ -10,4 +10,18 @@ __version__ = "0.1.0"
 from . import backend, functional, ops  # noqa: E402  (ops registers the custom ops)
 from .backend import BackendUnavailableError, use_backend  # noqa: E402
 
-__all__ = ["__version__", "backend", "functional", "ops", "use_backend", "BackendUnavailableError"]
+__all__ = ["__version__", "backend", "functional", "ops", "use_backend", "BackendUnavailableError", "sample"]
+
+
+def __getattr__(name: str):
+    """Lazy attributes: ``fastgen.sample`` (the diffusion sampling loop) and ``fastgen.diffusion``
+    are imported on first use, keeping ``import fastgen`` cheap."""
+    if name == "sample":
+        from .diffusion.sampling import sample
+
+        return sample
+    if name == "diffusion":
+        import importlib
+
+        return importlib.import_module(".diffusion", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

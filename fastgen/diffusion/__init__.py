@@ -1,4 +1,4 @@
-"""Diffusion-model building blocks: noise schedules, samplers, losses."""
+"""Diffusion-model building blocks: noise schedules, samplers, the sampling loop, training losses."""
 from .schedules import (  # noqa: F401
     VESDE,
     VPSDE,
@@ -7,3 +7,19 @@ from .schedules import (  # noqa: F401
     karras_sigmas,
     make_schedule,
 )
+from .samplers import (  # noqa: F401
+    SAMPLERS,
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverMultistepSampler,
+    EulerAncestralSampler,
+    EulerMaruyamaSampler,
+    EulerSampler,
+    HeunSampler,
+    ProbabilityFlowSampler,
+    Sampler,
+    SamplerOutput,
+    get_sampler,
+)
+from .sampling import NonFiniteSampleError, sample  # noqa: F401
+from .gaussian_diffusion import GaussianDiffusion  # noqa: F401
