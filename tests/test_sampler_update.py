@@ -279,7 +279,7 @@ def _bad_cases():
         (dict(coeffs=torch.zeros(11, dtype=torch.float64)), ValueError, r"coeffs must have shape \[12\]"),
         (dict(coeffs=torch.zeros(3, 12, dtype=torch.float64)), ValueError, "N = x.shape"),
         (dict(coeffs=c.long()), TypeError, "float64 or float32"),
-        (dict(coeffs=sampler_coeffs(clip=0.0)), ValueError, "clip coefficient must be > 0"),
+        (dict(coeffs=sampler_coeffs(clip=0.0)), ValueError, r"coeffs\[\.\.\., clip\] must be > 0"),
         (dict(coeffs=sampler_coeffs(c_x=float("nan"))), ValueError, "finite"),
         (dict(h2=x), ValueError, "h2 needs h1"),
         (dict(uncond=x.half()), TypeError, "uncond has dtype"),

@@ -230,35 +230,40 @@ _SEED_HIGH = 2**63 - 1
 
 
 def _coeffs_arg(coeffs, x: torch.Tensor) -> torch.Tensor:
+    """Type, shape and device of coeffs (cheap; values: :func:`_check_coeff_values`)."""
     if not isinstance(coeffs, torch.Tensor):
         raise TypeError(f"fastgen.{OP}: coeffs must be a tensor (build it with fastgen.ops.sampler_coeffs), "
                         f"got {type(coeffs).__name__}")
     if coeffs.dtype not in (torch.float64, torch.float32):
         raise TypeError(f"fastgen.{OP}: coeffs must be float64 or float32, got {coeffs.dtype}")
     n = len(COEFF_NAMES)
-    ok = coeffs.shape == (n,) or (coeffs.dim() == 2 and x.dim() >= 1 and coeffs.shape == (x.shape[0], n))
-    if not ok:
+    shape = coeffs.shape
+    if not (shape == (n,) or (len(shape) == 2 and x.dim() >= 1 and shape == (x.shape[0], n))):
         raise ValueError(f"fastgen.{OP}: coeffs must have shape [{n}] or [N, {n}] with N = x.shape[0] "
-                         f"({x.shape[0] if x.dim() else 1}), got {tuple(coeffs.shape)}")
+                         f"({x.shape[0] if x.dim() else 1}), got {tuple(shape)}")
     if coeffs.device.type != "cpu":
         raise ValueError(f"fastgen.{OP}: coeffs must be a host (CPU) tensor, got one on {coeffs.device}")
-    if not C.is_compiling():
-        c = coeffs.detach()
-        clip = c[..., _IDX["clip"]]
-        if not bool((clip > 0).all()):
-            raise ValueError(f"fastgen.{OP}: the clip coefficient must be > 0 (inf: no clamp), got {clip.tolist()}")
-        rest = torch.cat([c[..., :_IDX["clip"]], c[..., _IDX["clip"] + 1:]], dim=-1)
-        if not bool(torch.isfinite(rest).all()):
-            raise ValueError(f"fastgen.{OP}: coeffs must be finite (except clip = inf), got {c.tolist()}")
     return coeffs
 
 
-def _opt_like(t, name: str, x: torch.Tensor):
-    if t is None:
-        return None
-    C.check_tensor(t, name, OP)
-    C.check_same(t, x, name, "x", OP)
-    return t
+def _check_coeff_values(coeffs: torch.Tensor) -> None:
+    """The value checks the C++ op makes itself (same messages), for the other implementations."""
+    c = coeffs.detach()
+    clip = c[..., _IDX["clip"]]
+    if not bool((clip > 0).all()):
+        raise ValueError(f"fastgen.{OP}: coeffs[..., clip] must be > 0 (inf: no clamp), got {clip.tolist()}")
+    rest = torch.cat([c[..., :_IDX["clip"]], c[..., _IDX["clip"] + 1:]], dim=-1)
+    if not bool(torch.isfinite(rest).all()):
+        raise ValueError(f"fastgen.{OP}: a coefficient is not finite (only clip may be inf): {c.tolist()}")
+
+
+_CN = _IDX["c_n"]
+
+
+def _any_noise(coeffs: torch.Tensor) -> bool:
+    if coeffs.dim() == 1:
+        return coeffs[_CN].item() != 0.0
+    return bool(coeffs[:, _CN].any())
 
 
 def _draw_seed(generator: Optional[torch.Generator]) -> int:
@@ -295,31 +300,35 @@ def sampler_update(x: torch.Tensor, model_output: torch.Tensor, coeffs: torch.Te
         dense with the batch outermost. Noise terms are dropped where every ``c_n`` is 0.
     """
     C.check_tensor(x, "x", OP)
-    C.check_float_dtype(x, "x", OP)
+    if x.dtype not in C.FLOAT_DTYPES:
+        C.check_float_dtype(x, "x", OP)
     C.check_tensor(model_output, "model_output", OP)
     C.check_same(model_output, x, "model_output", "x", OP)
     coeffs = _coeffs_arg(coeffs, x)
-    uncond = _opt_like(uncond, "uncond", x)
-    h1 = _opt_like(h1, "h1", x)
-    h2 = _opt_like(h2, "h2", x)
+    for t, nm in ((uncond, "uncond"), (h1, "h1"), (h2, "h2"), (noise, "noise"), (var_values, "var_values")):
+        if t is not None:
+            C.check_tensor(t, nm, OP)
+            C.check_same(t, x, nm, "x", OP)
     if h2 is not None and h1 is None:
         raise ValueError(f"fastgen.{OP}: h2 needs h1")
-    noise = _opt_like(noise, "noise", x)
-    var_values = _opt_like(var_values, "var_values", x)
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real) or not math.isfinite(guidance_scale):
+    if guidance_scale.__class__ is not float:
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real):
+            raise TypeError(f"fastgen.{OP}: guidance_scale must be a finite real number, got {guidance_scale!r}")
+        guidance_scale = float(guidance_scale)
+    if not math.isfinite(guidance_scale):
         raise TypeError(f"fastgen.{OP}: guidance_scale must be a finite real number, got {guidance_scale!r}")
-    g = float(guidance_scale)
+    g = guidance_scale
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"fastgen.{OP}: generator must be a torch.Generator, got {type(generator).__name__}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**63:
+    if offset.__class__ is not int or not 0 <= offset < 2**63:
         raise ValueError(f"fastgen.{OP}: offset must be an int in [0, 2**63), got {offset!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+    if seed is not None and (seed.__class__ is not int or not 0 <= seed < 2**63):
         raise ValueError(f"fastgen.{OP}: seed must be an int in [0, 2**63), got {seed!r}")
 
     if C.is_compiling():  # coefficient values are not inspected while tracing
         stochastic = noise is not None or seed is not None
     else:
-        stochastic = bool((coeffs.detach()[..., _IDX["c_n"]] != 0).any())
+        stochastic = _any_noise(coeffs)
     mode = 0
     if stochastic:
         if noise is not None:
@@ -342,6 +351,8 @@ def sampler_update(x: torch.Tensor, model_output: torch.Tensor, coeffs: torch.Te
             raise backend.BackendUnavailableError(
                 f"fastgen.{OP}: gradients w.r.t. coeffs are only computed by impl='torch' (impl={choice!r} was forced)")
         name = "torch"
+    if name != "cpp" and not C.is_compiling():
+        _check_coeff_values(coeffs)
     args = (x, model_output, coeffs, uncond, g, h1, h2, noise, var_values, mode, seed, offset)
 
     if out is not None:
