@@ -68,11 +68,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fastgen", "fastgen.*"]),
-    install_requires=[f"torch=={TORCH_PIN}", "numpy"],
+    install_requires=[f"torch=={TORCH_PIN}", "numpy", "tqdm"],
     extras_require={
         "triton": ["triton>=3.2"],
         "demo": ["pillow"],
         "test": ["pytest", "pytest-benchmark", "hypothesis", "pillow"],
+        # equivalence tests against diffusers' schedulers (diffusers does not require torch, so
+        # this does not pull another torch build)
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "pillow", "diffusers==0.42.1"],
     },
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
