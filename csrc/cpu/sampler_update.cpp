@@ -26,10 +26,13 @@ namespace {
 
 constexpr int64_t kBlock = 512;  // elements per inner block (noise / streaming buffers stay in L1)
 
-// Normals for global element indices [start, start + len) into z[0, len); z has room for
-// len + 8 floats (the block is widened to whole Philox groups of four).
-FG_ALWAYS_INLINE void philox_block(float* FG_RESTRICT z, int64_t start, int64_t len, uint64_t seed,
-                                   uint64_t offset, float* FG_RESTRICT zz) {
+// Normals for global element indices [start, start + len): returns a pointer p with p[i] the
+// normal of element start + i. The block is widened to whole Philox groups of four: the groups
+// are generated lane by lane (SoA, so the rounds vectorise), then interleaved into `z` (a
+// stride-4 store group, which also vectorises) and the pointer skips the widening's skew.
+// zz has room for 4 * (kBlock / 4 + 2) floats, z for kBlock + 8.
+FG_ALWAYS_INLINE const float* philox_block(float* FG_RESTRICT z, int64_t start, int64_t len, uint64_t seed,
+                                          uint64_t offset, float* FG_RESTRICT zz) {
   const int64_t g0 = start >> 2;
   const int64_t ng = ((start + len + 3) >> 2) - g0;
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
@@ -53,15 +56,13 @@ FG_ALWAYS_INLINE void philox_block(float* FG_RESTRICT z, int64_t start, int64_t 
     r2[j] = rad1 * c1;
     r3[j] = rad1 * s1;
   }
-  // de-interleave the four lanes into element order
-  const int64_t skew = start - 4 * g0;
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) {
-    const int64_t k = i + skew;
-    const int64_t j = k >> 2, lane = k & 3;
-    const float v0 = r0[j], v1 = r1[j], v2 = r2[j], v3 = r3[j];
-    z[i] = lane == 0 ? v0 : (lane == 1 ? v1 : (lane == 2 ? v2 : v3));
+  for (int64_t j = 0; j < ng; ++j) {
+    z[4 * j] = r0[j];
+    z[4 * j + 1] = r1[j];
+    z[4 * j + 2] = r2[j];
+    z[4 * j + 3] = r3[j];
   }
+  return z + (start - 4 * g0);
 }
 
 template <typename T, bool GUIDE, int NH, int NK, bool VAR>
@@ -73,9 +74,9 @@ FG_ALWAYS_INLINE void update_block(const SamplerArgs& a, int64_t o, int64_t len,
   const T* FG_RESTRICT h2 = NH >= 2 ? static_cast<const T*>(a.h2) + o : nullptr;
   const T* FG_RESTRICT n = NK == 1 ? static_cast<const T*>(a.noise) + o : nullptr;
   const T* FG_RESTRICT v = VAR ? static_cast<const T*>(a.var) + o : nullptr;
-  alignas(64) float z[NK == 2 ? kBlock + 8 : 1];
+  alignas(64) float zbuf[NK == 2 ? kBlock + 8 : 1];
   alignas(64) float zz[NK == 2 ? kBlock + 16 : 1];
-  if (NK == 2) philox_block(z, o, len, a.seed, a.offset, zz);
+  const float* FG_RESTRICT z = NK == 2 ? philox_block(zbuf, o, len, a.seed, a.offset, zz) : nullptr;
   alignas(64) T bp[kBlock];
   alignas(64) T b0[kBlock];
   T* FG_RESTRICT dp = a.stream_stores ? bp : static_cast<T*>(a.x_prev) + o;
