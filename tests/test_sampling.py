@@ -182,3 +182,158 @@ def test_bad_arguments():
         sample(model, SHAPE, guidance_scale=float("nan"), progress=False)
     with pytest.raises(TypeError, match="generator"):
         sample(model, SHAPE, generator=0, progress=False)
+
+
+def test_cuda_graph_needs_a_cuda_device():
+    model = CountingModel()
+    with pytest.raises(ValueError, match="cuda_graph"):
+        sample(model, SHAPE, steps=3, progress=False, cuda_graph=True)  # a CPU model
+    with pytest.raises(ValueError, match="cuda_graph"):
+        sample(model, SHAPE, steps=3, progress=False, cuda_graph=True, device="cpu")
+    with pytest.raises(TypeError, match="cuda_graph"):
+        sample(model, SHAPE, steps=3, progress=False, cuda_graph="yes")
+    assert len(model.calls) == 0  # rejected before any model call
+    # cuda_graph=False is the default eager loop
+    torch.testing.assert_close(sample(model, SHAPE, steps=3, progress=False, cuda_graph=False,
+                                      generator=torch.Generator().manual_seed(0)),
+                               sample(model, SHAPE, steps=3, progress=False, generator=torch.Generator().manual_seed(0)),
+                               rtol=0, atol=0)
+
+
+def test_cuda_graph_support_table():
+    """Which samplers the CUDA-graph path captures (the rest fall back to eager with a warning);
+    the per-step device rows it replays hold each step's coefficients, scale and timestep."""
+    from fastgen.diffusion.sampling import _graph_unsupported, _step_table
+
+    for name in ("ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_3m", "euler_maruyama",
+                 "pf_ode"):
+        s = get_sampler(name)
+        s.set_timesteps(5)
+        assert _graph_unsupported(s) is None, name
+        tab = _step_table(s, torch.device("cpu"))
+        assert tab.shape == (len(s.timesteps), 15) and tab.dtype == torch.float32
+        torch.testing.assert_close(tab[:, :12], torch.stack(s._rows).float(), rtol=0, atol=0)
+        assert tab[:, 13].tolist() == [float(torch.tensor(t, dtype=torch.float32)) for t in s._ts_host]
+        assert tab[:, 14].tolist() == list(range(len(s.timesteps)))
+        if s._in_scale is not None:  # eager CUDA's x / s multiplies by the fp32 reciprocal
+            want = [float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(v, dtype=torch.float32))
+                    for v in s._in_scale]
+            assert tab[:, 12].tolist() == want
+        else:
+            assert tab[:, 12].tolist() == [1.0] * len(s.timesteps)
+    churn = get_sampler("heun", s_churn=1.0)
+    churn.set_timesteps(5)
+    assert "churn" in _graph_unsupported(churn)
+    thr = DDIMSampler(thresholding=True)
+    thr.set_timesteps(5)
+    assert "thresholding" in _graph_unsupported(thr)
+
+    class MyDDIM(DDIMSampler):
+        pass
+
+    mine = MyDDIM()
+    mine.set_timesteps(5)
+    assert "MyDDIM" in _graph_unsupported(mine)
+
+
+# ---------------------------------------------------------------------------------------------
+# the CUDA-graph loop's buffer logic, on CPU: the capture helpers are replaced by fakes whose
+# "graph" re-runs the captured step function at each replay (static buffers, device-side row
+# table, history shifts, Heun's two graphs, the finiteness flag); the real capture is tested in
+# tests/test_gpu.py
+# ---------------------------------------------------------------------------------------------
+class _FakeGraph:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def replay(self):
+        self.fn()
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    from fastgen.diffusion import sampling
+
+    monkeypatch.setattr(sampling, "_GRAPH_DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setattr(sampling, "_warmup", lambda device, fn, times: [fn() for _ in range(times)])
+    monkeypatch.setattr(sampling, "_capture", lambda device, fn, generator: _FakeGraph(fn))
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("ddim", {}),
+    ("ddim", {"guidance_scale": 3.0, "class_labels": [1, 2], "null_label": 0}),
+    ("dpmpp_2m", {}),
+    ("dpmpp_3m", {}),
+    ("euler", {}),
+    ("heun", {}),
+    ("pf_ode", {}),
+    ("ddpm", {"steps": 1}),  # one step at t = 0: deterministic
+])
+def test_graph_loop_logic_matches_eager(fake_graphs, name, kw):
+    kw = dict(kw)
+    steps = kw.pop("steps", 7)
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    model = CountingModel()
+    common = dict(sampler=name, steps=steps, initial_noise=x0, progress=False, return_intermediates=True, **kw)
+    xe, ie = sample(model, SHAPE, **common)
+    model.calls.clear()
+    xg, ig = sample(model, SHAPE, cuda_graph=True, **common)
+    n_graphs = 2 if name == "heun" else 1
+    # 3 warm-up calls per graph, then (the fake graph re-running the step) one per step
+    assert len(model.calls) == 3 * n_graphs + len(ie["timesteps"])
+    # the model saw the eager timesteps (the device table round-trips them exactly)
+    assert [float(c[1][0]) for c in model.calls[3 * n_graphs:]] == ie["timesteps"]
+    torch.testing.assert_close(xg, xe, rtol=1e-5, atol=1e-5)
+    assert ig["timesteps"] == ie["timesteps"]
+    for a, b in zip(ig["samples"] + ig["pred_original_samples"], ie["samples"] + ie["pred_original_samples"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ig["samples"][-1], xg)
+    x_plain = sample(model, SHAPE, cuda_graph=True, **{k: v for k, v in common.items() if k != "return_intermediates"})
+    torch.testing.assert_close(x_plain, xe, rtol=1e-5, atol=1e-5)
+
+
+def test_graph_loop_model_inputs(fake_graphs):
+    model = CountingModel()
+    sample(model, SHAPE, sampler="euler", steps=4, guidance_scale=2.0, class_labels=[3, 4], null_label=9,
+           progress=False, cuda_graph=True)
+    shape, t, lab, _ = model.calls[-1]
+    assert shape == (4,) + SHAPE[1:]
+    assert t.dtype == torch.float32 and t.shape == (4,)
+    assert lab.tolist() == [3, 4, 9, 9]
+
+
+@pytest.mark.parametrize("name,skw", [("ddpm", {}), ("ddpm", {"variance_type": "learned_range"}),
+                                      ("euler_ancestral", {}), ("ddim", {"eta": 1.0}), ("euler_maruyama", {})])
+def test_graph_loop_stochastic_reproducible(fake_graphs, name, skw):
+    model = CountingModel(channels_out=6 if skw.get("variance_type") == "learned_range" else 3)
+
+    def run(seed):
+        return sample(model, SHAPE, sampler=name, steps=5, sampler_kwargs=skw, progress=False, cuda_graph=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = run(0), run(0), run(1)
+    assert torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_graph_loop_nonfinite_names_the_step(fake_graphs):
+    class Bad(CountingModel):
+        def forward(self, x, t, **kw):
+            out = super().forward(x, t, **kw)
+            return torch.where(t.reshape(-1, 1, 1, 1) < 500, out * float("nan"), out)
+
+    with pytest.raises(NonFiniteSampleError, match=r"step 5 \(timestep 400\)"):
+        sample(Bad(), SHAPE, sampler="ddim", steps=10, progress=False, cuda_graph=True)
+
+
+def test_graph_loop_fallback_warns(fake_graphs):
+    model = CountingModel()
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    for name, skw in (("heun", {"s_churn": 1.0}), ("ddim", {"thresholding": True})):
+        with pytest.warns(RuntimeWarning, match="cuda_graph"):
+            got = sample(model, SHAPE, sampler=name, steps=4, sampler_kwargs=skw, initial_noise=x0, progress=False,
+                         cuda_graph=True, generator=torch.Generator().manual_seed(0))
+        want = sample(model, SHAPE, sampler=name, steps=4, sampler_kwargs=skw, initial_noise=x0, progress=False,
+                      generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
