@@ -45,32 +45,44 @@ void forward_cpu_into(const at::Tensor& x, const at::Tensor& m, const at::Tensor
   const std::vector<SamplerCoeffs> cs = host_sampler_coeffs(coeffs, sampler_batch(x), &per_sample, &any_clip, &any_noise);
   noise_mode = effective_noise_mode(any_noise, noise_mode);
   if (x.numel() == 0) return;
-  // every input in the outputs' layout (copies only where strides differ)
+  cpu::SamplerArgs a;
+  a.per_sample = x.numel() / sampler_batch(x);
+  // Every input is read in the outputs' layout: as is where its strides match, through its batch
+  // stride where only that differs (a channel slice such as model_output[:, :C] of a 2C-channel
+  // output, or a batch-broadcast tensor), as a copy otherwise.
   std::vector<at::Tensor> keep;
-  auto ptr = [&](const OptTensor& t) -> const void* {
+  int64_t streams = 2;
+  auto ptr = [&](const OptTensor& t, cpu::SamplerIn k) -> const void* {
+    a.batch_stride[k] = a.per_sample;
     if (!t.has_value()) return nullptr;
-    keep.push_back(layout_like(*t, xp));
+    ++streams;
+    const at::Tensor& v = *t;
+    if (v.strides() == xp.strides()) return v.const_data_ptr();
+    if (v.dim() >= 1 && v.size(0) > 1 && v.strides().slice(1) == xp.strides().slice(1) &&
+        xp.stride(0) == a.per_sample) {
+      a.batch_stride[k] = v.stride(0);
+      a.strided = true;
+      return v.const_data_ptr();
+    }
+    keep.push_back(layout_like(v, xp));
     return keep.back().const_data_ptr();
   };
-  cpu::SamplerArgs a;
-  a.x = ptr(x);
-  a.m = ptr(m);
-  a.uncond = ptr(u);
+  a.x = ptr(x, cpu::kInX);
+  a.m = ptr(m, cpu::kInM);
+  a.uncond = ptr(u, cpu::kInUncond);
   a.guidance = static_cast<float>(guidance);
-  a.h1 = ptr(h1);
-  a.h2 = ptr(h2);
-  a.noise = noise_mode == 1 ? ptr(noise) : nullptr;
-  a.var = noise_mode != 0 ? ptr(var) : nullptr;
+  a.h1 = ptr(h1, cpu::kInH1);
+  a.h2 = ptr(h2, cpu::kInH2);
+  a.noise = ptr(noise_mode == 1 ? noise : OptTensor(), cpu::kInNoise);
+  a.var = ptr(noise_mode != 0 ? var : OptTensor(), cpu::kInVar);
   a.noise_kind = static_cast<cpu::NoiseKind>(noise_mode);
   a.seed = static_cast<uint64_t>(seed);
   a.offset = static_cast<uint64_t>(offset);
   a.x_prev = xp.mutable_data_ptr();
   a.x0 = x0.mutable_data_ptr();
-  a.per_sample = per_sample ? x.numel() / x.size(0) : x.numel();
   a.coeffs = cs.data();
   a.per_sample_coeffs = per_sample;
   a.clip = any_clip;
-  const int64_t streams = 2 + static_cast<int64_t>(keep.size());
   a.stream_stores = cpu::use_streaming_stores(x.numel() * x.element_size() * streams);
   const DType dt = to_fg_dtype(x.scalar_type(), "x");
   at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) { cpu::sampler_update(dt, a, b, e); });

@@ -101,6 +101,40 @@ def test_fast_impl_matches_reference(impl, dtype, features, shape, layout):
         assert got.prev_sample.stride() == t["x"].stride()
 
 
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batch_sliced_and_broadcast_inputs(impl, layout):
+    """Learned-variance steps pass model_output[:, :C] and [:, C:] (batch stride 2CHW) and guidance
+    the same halves of the unconditional output; a batch-broadcast history has batch stride 0.
+    The C++ kernel reads such inputs through their batch stride (no copy); results are exact."""
+    n, c = 3, 4
+    x = make((n, c, 6, 5), layout=layout, seed=0)
+    big = make((n, 2 * c, 6, 5), layout=layout, seed=1)
+    ubig = make((n, 2 * c, 6, 5), layout=layout, seed=2)
+    m, v = big[:, :c], big[:, c:].clamp(-1, 1)
+    h1 = make((1, c, 6, 5), layout=layout, seed=3).expand(n, c, 6, 5)
+    coeffs = coeffs_for(("h", "philox", "var"), n)
+    kw = dict(uncond=ubig[:, :c], guidance_scale=2.5, h1=h1, var_values=v)
+    got = sampler_update(x, m, coeffs, seed=77, impl=impl, **kw)
+    want = sampler_update_reference(x, m, coeffs, noise=noise_like(x, 77), **kw)
+    assert_close(got.prev_sample, want.prev_sample, torch.float32, what="prev_sample", rtol=1e-5, atol=1e-5)
+    assert_close(got.pred_original_sample, want.pred_original_sample, torch.float32, what="x0", rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_learned_variance_exp_over_the_whole_float_range(impl):
+    """The noise scale exp(0.5 (lo + (v + 1) / 2 (hi - lo))) is a vectorised polynomial in the C++
+    kernel: within 2 ulp of exp over [-110, 90] (underflow to 0 / denormals, overflow to inf), NaN kept."""
+    v = torch.cat([torch.linspace(-110.0, 90.0, 40001), torch.tensor([float("nan"), -1e30, 1e30, 0.0])])
+    v = v.reshape(1, -1)
+    ones = torch.ones_like(v)
+    # lo = 0, hi = 4: the scale is exp(v + 1); x0 = x (a_x = 1), prev = c_n * noise * scale
+    coeffs = sampler_coeffs(a_x=1.0, a_m=0.0, c_n=1.0, lv_lo=0.0, lv_hi=4.0)
+    got = sampler_update(ones, ones, coeffs, noise=ones, var_values=v, impl=impl).prev_sample
+    want = torch.exp((v + 1.0).double()).float()  # exp of the fp32 argument the kernel forms
+    torch.testing.assert_close(got, want, rtol=2.5e-7, atol=3e-45, equal_nan=True)
+
+
 @pytest.mark.parametrize("impl", ["torch"] + FAST_IMPLS)
 def test_clip_and_nan_propagation(impl):
     x = torch.tensor([[0.5, 3.0, -3.0, float("nan")]])

@@ -65,15 +65,38 @@ FG_ALWAYS_INLINE const float* philox_block(float* FG_RESTRICT z, int64_t start, 
   return z + (start - 4 * g0);
 }
 
+// e^x as a branch-free polynomial that vectorises (std::exp is a scalar libm call here: glibc's
+// vector variants are only declared under -ffast-math). x = n ln2 + r with |r| <= ln2 / 2 (ln2
+// split in two so n ln2 is exact), e^r by Taylor to r^7 (truncation < 5e-9 relative), 2^n as
+// two exponent-field factors so every n in [-150, 128] is exact: overflow gives +inf, underflow
+// 0 (denormals are rounded through one extra step), NaN stays NaN. Within 2 ulp of std::exp.
+FG_ALWAYS_INLINE float exp_poly(float x) {
+  const float xc = std::min(std::max(x, -104.0f), 88.75f);  // NaN passes through
+  constexpr float kRound = 12582912.0f;                      // 1.5 * 2^23: x + kRound - kRound = rint(x)
+  float nf = (xc * 1.44269504f + kRound) - kRound;
+  nf = nf == nf ? nf : 0.0f;                                 // keep the int conversion defined for NaN
+  const float r = (xc - nf * 0.693359375f) + nf * 2.12194440e-4f;
+  const float p =
+      1.0f + r * (1.0f + r * (0.5f + r * (1.6666667e-1f + r * (4.1666667e-2f + r * (8.3333333e-3f + r * (1.3888889e-3f + r * 1.9841270e-4f))))));
+  const int32_t n = static_cast<int32_t>(nf);
+  const int32_t n1 = n >> 1, n2 = n - n1;
+  const float y = p * philox::as_float(static_cast<uint32_t>(n1 + 127) << 23) *
+                  philox::as_float(static_cast<uint32_t>(n2 + 127) << 23);
+  return x == x ? y : x;
+}
+
+// One block of `len` elements from global element o (all in sample s when a.strided).
 template <typename T, bool GUIDE, int NH, int NK, bool VAR>
-FG_ALWAYS_INLINE void update_block(const SamplerArgs& a, int64_t o, int64_t len, const SamplerCoeffs& c) {
-  const T* FG_RESTRICT x = static_cast<const T*>(a.x) + o;
-  const T* FG_RESTRICT m = static_cast<const T*>(a.m) + o;
-  const T* FG_RESTRICT u = GUIDE ? static_cast<const T*>(a.uncond) + o : nullptr;
-  const T* FG_RESTRICT h1 = NH >= 1 ? static_cast<const T*>(a.h1) + o : nullptr;
-  const T* FG_RESTRICT h2 = NH >= 2 ? static_cast<const T*>(a.h2) + o : nullptr;
-  const T* FG_RESTRICT n = NK == 1 ? static_cast<const T*>(a.noise) + o : nullptr;
-  const T* FG_RESTRICT v = VAR ? static_cast<const T*>(a.var) + o : nullptr;
+FG_ALWAYS_INLINE void update_block(const SamplerArgs& a, int64_t o, int64_t len, int64_t s, const SamplerCoeffs& c) {
+  const int64_t r = o - s * a.per_sample;  // offset inside sample s
+  auto in = [&](const void* p, int k) FG_LAMBDA_INLINE { return static_cast<const T*>(p) + s * a.batch_stride[k] + r; };
+  const T* FG_RESTRICT x = in(a.x, kInX);
+  const T* FG_RESTRICT m = in(a.m, kInM);
+  const T* FG_RESTRICT u = GUIDE ? in(a.uncond, kInUncond) : nullptr;
+  const T* FG_RESTRICT h1 = NH >= 1 ? in(a.h1, kInH1) : nullptr;
+  const T* FG_RESTRICT h2 = NH >= 2 ? in(a.h2, kInH2) : nullptr;
+  const T* FG_RESTRICT n = NK == 1 ? in(a.noise, kInNoise) : nullptr;
+  const T* FG_RESTRICT v = VAR ? in(a.var, kInVar) : nullptr;
   alignas(64) float zbuf[NK == 2 ? kBlock + 8 : 1];
   alignas(64) float zz[NK == 2 ? kBlock + 16 : 1];
   const float* FG_RESTRICT z = NK == 2 ? philox_block(zbuf, o, len, a.seed, a.offset, zz) : nullptr;
@@ -100,7 +123,7 @@ FG_ALWAYS_INLINE void update_block(const SamplerArgs& a, int64_t o, int64_t len,
     if (NH >= 2) out += c.c_h2 * to_float(h2[i]);
     if (NK != 0) {
       float nv = NK == 1 ? to_float(n[i]) : z[i];
-      if (VAR) nv *= std::exp(lv_mid + lv_half * to_float(v[i]));  // exp(0.5 (lo + (v+1)/2 (hi-lo)))
+      if (VAR) nv *= exp_poly(lv_mid + lv_half * to_float(v[i]));  // exp(0.5 (lo + (v+1)/2 (hi-lo)))
       out += c.c_n * nv;
     }
     dp[i] = from_float<T>(out);
@@ -115,10 +138,11 @@ FG_ALWAYS_INLINE void update_block(const SamplerArgs& a, int64_t o, int64_t len,
 // Walk [begin, end) in blocks of kBlock that share one sample (hence one coefficient set).
 template <typename T, bool GUIDE, int NH, int NK, bool VAR>
 FG_ALWAYS_INLINE void run(const SamplerArgs& a, int64_t begin, int64_t end) {
-  for_each_run(begin, end, a.per_sample, a.per_sample_coeffs, [&](int64_t i, int64_t len, int64_t s) FG_LAMBDA_INLINE {
-    const SamplerCoeffs c = a.coeffs[s];
+  for_each_run(begin, end, a.per_sample, a.per_sample_coeffs || a.strided,
+               [&](int64_t i, int64_t len, int64_t s) FG_LAMBDA_INLINE {
+    const SamplerCoeffs c = a.coeffs[a.per_sample_coeffs ? s : 0];
     for (int64_t o = i; o < i + len; o += kBlock)
-      update_block<T, GUIDE, NH, NK, VAR>(a, o, std::min(kBlock, i + len - o), c);
+      update_block<T, GUIDE, NH, NK, VAR>(a, o, std::min(kBlock, i + len - o), s, c);
   });
   if (a.stream_stores) stream_fence();
 }

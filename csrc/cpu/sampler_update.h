@@ -17,6 +17,9 @@ enum class NoiseKind : int32_t {
   Philox = 2,       // generate it in-kernel (fastgen/philox.h stream at (seed, offset))
 };
 
+// Inputs, indexing SamplerArgs::batch_stride.
+enum SamplerIn : int { kInX = 0, kInM, kInUncond, kInH1, kInH2, kInNoise, kInVar, kNumSamplerIn };
+
 struct SamplerArgs {
   const void* x;        // current sample x_t
   const void* m;        // model output (the conditional branch when guiding)
@@ -31,6 +34,11 @@ struct SamplerArgs {
   void* x_prev;
   void* x0;
   int64_t per_sample;            // elements per batch sample (batch outermost)
+  // Elements between consecutive samples of each input: per_sample for a tensor laid out like
+  // the outputs, anything else for a batch slice of a larger tensor with the outputs' per-sample
+  // layout (e.g. the eps / variance halves model_output[:, :C], [:, C:] of a 2C-channel output).
+  int64_t batch_stride[kNumSamplerIn] = {};
+  bool strided = false;          // some batch_stride != per_sample (work is split at sample edges)
   const SamplerCoeffs* coeffs;   // one per sample, or a single entry
   bool per_sample_coeffs;
   bool clip;                     // any sample clamps x0 (coeffs[s].clip is +inf where it does not)
