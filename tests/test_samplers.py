@@ -452,6 +452,10 @@ def test_registry_and_errors():
         DDIMSampler(make_schedule(rescale_zero_terminal_snr=True), timestep_spacing="trailing").set_timesteps(5)
     with pytest.raises(TypeError):
         EulerMaruyamaSampler("vp")
+    for spacing in ("linspace", "leading"):  # more steps than distinct training timesteps
+        with pytest.raises(ValueError, match="num_inference_steps=1000 is too many"):
+            DPMSolverMultistepSampler(timestep_spacing=spacing).set_timesteps(1000)
+    DPMSolverMultistepSampler(timestep_spacing="trailing").set_timesteps(1000)
 
 
 def test_zero_terminal_snr_v_prediction_runs():

@@ -846,6 +846,10 @@ class DPMSolverMultistepSampler(_SigmaSampler):
         else:
             sig = table[ts]
         sig = torch.cat([sig.to(torch.float32).to(_F64), torch.zeros(1, dtype=_F64)])
+        if bool((sig[1:] >= sig[:-1]).any()):  # h = 0: the solver's steps divide by it
+            raise ValueError(f"num_inference_steps={n} is too many for num_train_timesteps={T} with "
+                             f"timestep_spacing={sp!r}: the timesteps repeat (use at most {T - 1} steps, "
+                             f"or timestep_spacing='trailing' for up to {T})")
         self.sigmas = sig
 
         def al_sg(sigma):
