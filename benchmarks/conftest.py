@@ -44,13 +44,15 @@ def _print_report(tr) -> None:
     if not rows:
         return
     tr.write_sep("-", f"fastgen vs plain PyTorch (medians; CPU allocator={ALLOCATOR}, threads={THREADS})")
-    tr.write_line(f"{'benchmark':48s} {'fastgen':>10s} {'eager':>17s} {'torch.compile':>17s} {'GB/s':>7s} {'% copy bw':>9s}")
+    tr.write_line(f"{'benchmark':48s} {'fastgen':>10s} {'eager':>17s} {'torch.compile':>17s} {'diffusers':>17s} "
+                  f"{'GB/s':>7s} {'% copy bw':>9s}")
     for name, i in rows:
         def col(k):
             return f"{i[k + '_ms']:.4f} ({i['speedup_vs_' + k]:.2f}x)" if k + "_ms" in i else "-"
         bw = f"{i['fastgen_GBps']:.1f}" if "fastgen_GBps" in i else "-"
         pct = f"{i['pct_of_copy_bw']:.0f}%" if "pct_of_copy_bw" in i else "-"
-        tr.write_line(f"{name[:48]:48s} {i['fastgen_ms']:>8.4f}ms {col('eager'):>17s} {col('compile'):>17s} {bw:>7s} {pct:>9s}")
+        tr.write_line(f"{name[:48]:48s} {i['fastgen_ms']:>8.4f}ms {col('eager'):>17s} {col('compile'):>17s} "
+                      f"{col('diffusers'):>17s} {bw:>7s} {pct:>9s}")
     tr.write_line("(ms; (Nx) = baseline time / fastgen time; % copy bw = achieved / dst.copy_(src) bandwidth "
                   "at the same working set, measured in this run)")
 
