@@ -132,6 +132,9 @@ class OpSpec:
     # preference order per device type when nothing is forced (first available wins)
     preference: dict[str, tuple[str, ...]] = field(default_factory=dict)
     notes: str = ""
+    # impl -> the device types it has kernels for, where that is fewer than the impl family's
+    # (e.g. {"cpp": ("cpu",)}: an op with C++ CPU kernels but no CUDA kernel yet)
+    impl_devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 _OPS: dict[str, OpSpec] = {}
@@ -146,19 +149,29 @@ def registered_ops() -> dict[str, OpSpec]:
     return dict(_OPS)
 
 
+def op_impl_available(op: str, impl: str, device_type: str) -> tuple[bool, str]:
+    """(available, reason-if-not) for one op's implementation on a device type: the impl family's
+    availability (:func:`impl_available`) and the device types the op has kernels for."""
+    spec = _OPS[op]
+    devices = spec.impl_devices.get(impl)
+    if devices is not None and device_type not in devices:
+        return False, f"fastgen.{op} has no {impl} kernel for {device_type} (only for {', '.join(devices)})"
+    return impl_available(impl, device_type)
+
+
 @torch.compiler.assume_constant_result
 def _resolve(op: str, device_type: str, choice: str) -> str:
     spec = _OPS[op]
     if choice == "auto":
         for impl in spec.preference.get(device_type, ()):
-            if impl in spec.impls and impl_available(impl, device_type)[0]:
+            if impl in spec.impls and op_impl_available(op, impl, device_type)[0]:
                 return impl
         return "torch"
     if choice not in spec.impls:
         raise BackendUnavailableError(
             f"fastgen.{op}: impl={choice!r} does not exist for this op (it has: {', '.join(spec.impls)})"
         )
-    ok, why = impl_available(choice, device_type)
+    ok, why = op_impl_available(op, choice, device_type)
     if not ok:
         raise BackendUnavailableError(f"fastgen.{op}: impl={choice!r} is not available on {device_type}: {why}")
     return choice

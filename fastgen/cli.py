@@ -74,7 +74,7 @@ def _ops_table() -> dict:
         for impl in spec.impls:
             impls[impl] = {}
             for dev in DEVICE_TYPES:
-                ok, why = backend.impl_available(impl, dev)
+                ok, why = backend.op_impl_available(name, impl, dev)
                 impls[impl][dev] = {"available": ok, "reason": None if ok else why}
         ops[name] = {"uses": chosen, "impls": impls,
                      "preference": {k: list(v) for k, v in spec.preference.items()}, "notes": spec.notes}

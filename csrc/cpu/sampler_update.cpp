@@ -19,6 +19,7 @@
 
 #include "fastgen/convert.h"
 #include "fastgen/philox.h"
+#include "fastgen/vmath.h"
 
 namespace fastgen {
 namespace cpu {
@@ -65,25 +66,7 @@ FG_ALWAYS_INLINE const float* philox_block(float* FG_RESTRICT z, int64_t start, 
   return z + (start - 4 * g0);
 }
 
-// e^x as a branch-free polynomial that vectorises (std::exp is a scalar libm call here: glibc's
-// vector variants are only declared under -ffast-math). x = n ln2 + r with |r| <= ln2 / 2 (ln2
-// split in two so n ln2 is exact), e^r by Taylor to r^7 (truncation < 5e-9 relative), 2^n as
-// two exponent-field factors so every n in [-150, 128] is exact: overflow gives +inf, underflow
-// 0 (denormals are rounded through one extra step), NaN stays NaN. Within 2 ulp of std::exp.
-FG_ALWAYS_INLINE float exp_poly(float x) {
-  const float xc = std::min(std::max(x, -104.0f), 88.75f);  // NaN passes through
-  constexpr float kRound = 12582912.0f;                      // 1.5 * 2^23: x + kRound - kRound = rint(x)
-  float nf = (xc * 1.44269504f + kRound) - kRound;
-  nf = nf == nf ? nf : 0.0f;                                 // keep the int conversion defined for NaN
-  const float r = (xc - nf * 0.693359375f) + nf * 2.12194440e-4f;
-  const float p =
-      1.0f + r * (1.0f + r * (0.5f + r * (1.6666667e-1f + r * (4.1666667e-2f + r * (8.3333333e-3f + r * (1.3888889e-3f + r * 1.9841270e-4f))))));
-  const int32_t n = static_cast<int32_t>(nf);
-  const int32_t n1 = n >> 1, n2 = n - n1;
-  const float y = p * philox::as_float(static_cast<uint32_t>(n1 + 127) << 23) *
-                  philox::as_float(static_cast<uint32_t>(n2 + 127) << 23);
-  return x == x ? y : x;
-}
+// e^x: exp_poly from fastgen/vmath.h (a vectorisable polynomial; std::exp is a scalar libm call).
 
 // One block of `len` elements from global element o (all in sample s when a.strided).
 template <typename T, bool GUIDE, int NH, int NK, bool VAR>

@@ -5,6 +5,7 @@ registers every op's fake kernel and autograd formula.
 """
 from .ddim_step import DDIMStepOutput, ddim_coefficients, ddim_step, ddim_step_reference
 from .diffusion_loss import diffusion_loss, diffusion_loss_coefficients, diffusion_loss_reference
+from .group_norm import group_norm, group_norm_reference
 from .q_sample import QSampleOutput, q_sample, q_sample_coefficients, q_sample_reference
 from .sampler_update import (COEFF_NAMES, SamplerUpdateOutput, sampler_coeffs, sampler_update,
                              sampler_update_reference)
@@ -12,4 +13,5 @@ from .sampler_update import (COEFF_NAMES, SamplerUpdateOutput, sampler_coeffs, s
 __all__ = ["DDIMStepOutput", "ddim_coefficients", "ddim_step", "ddim_step_reference",
            "QSampleOutput", "q_sample", "q_sample_coefficients", "q_sample_reference",
            "diffusion_loss", "diffusion_loss_coefficients", "diffusion_loss_reference",
+           "group_norm", "group_norm_reference",
            "COEFF_NAMES", "SamplerUpdateOutput", "sampler_coeffs", "sampler_update", "sampler_update_reference"]
