@@ -184,12 +184,14 @@ def test_cpp_grad_subsets_are_skipped_but_correct():
 @pytest.mark.parametrize("act", ["silu", "gelu"])
 def test_activation_math_over_a_wide_range(act):
     """SiLU / GELU are vectorised polynomials in the kernel (exp, and an erf fit): check them
-    against float64 torch over [-20, 20] (bias = z, weight = 0: y = act(z))."""
-    z = torch.cat([torch.linspace(-20.0, 20.0, 200001), torch.tensor([0.0, -0.0, 1e-30, -1e-30])])
+    against float64 torch over [-20, 20] and out to +-100 where exp saturates (bias = z, weight = 0:
+    y = act(z)); NaN propagates."""
+    z = torch.cat([torch.linspace(-20.0, 20.0, 200001), torch.linspace(-100.0, 100.0, 2001),
+                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, float("nan")])])
     c = z.numel()
     y = group_norm(torch.zeros(1, c), c, torch.zeros(c), z, activation=act, impl="cpp")[0].double()
     want = (F.gelu if act == "gelu" else F.silu)(z.double())
-    torch.testing.assert_close(y, want, rtol=3e-7, atol=2e-7)
+    torch.testing.assert_close(y, want, rtol=3e-7, atol=2e-7, equal_nan=True)
 
 
 @needs_cpp
