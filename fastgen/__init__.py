@@ -14,14 +14,14 @@ __all__ = ["__version__", "backend", "functional", "ops", "use_backend", "Backen
 
 
 def __getattr__(name: str):
-    """Lazy attributes: ``fastgen.sample`` (the diffusion sampling loop) and ``fastgen.diffusion``
-    are imported on first use, keeping ``import fastgen`` cheap."""
+    """Lazy attributes: ``fastgen.sample`` (the diffusion sampling loop), ``fastgen.diffusion`` and
+    ``fastgen.nn`` are imported on first use, keeping ``import fastgen`` cheap."""
     if name == "sample":
         from .diffusion.sampling import sample
 
         return sample
-    if name == "diffusion":
+    if name in ("diffusion", "nn"):
         import importlib
 
-        return importlib.import_module(".diffusion", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

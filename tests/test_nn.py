@@ -1,0 +1,77 @@
+"""fastgen.nn modules against the torch modules they replace."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastgen
+from fastgen.nn import GroupNormAct
+
+
+def _pair(act):
+    torch.manual_seed(0)
+    ref = nn.GroupNorm(4, 12)
+    with torch.no_grad():
+        ref.weight.normal_()
+        ref.bias.normal_()
+    seq = nn.Sequential(ref, {"silu": nn.SiLU(), "gelu": nn.GELU()}[act]) if act else ref
+    return seq, GroupNormAct.from_group_norm(ref, act)
+
+
+@pytest.mark.parametrize("act", [None, "silu", "gelu"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_group_norm_act_matches_torch_modules(act, layout):
+    seq, fused = _pair(act)
+    x = torch.randn(3, 12, 5, 7)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = seq(xa), fused(xb)
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
+    gy = torch.randn_like(ya)
+    ga = torch.autograd.grad(ya, [xa, seq[0].weight if act else seq.weight], gy)
+    fused.zero_grad()
+    gb = torch.autograd.grad(yb, [xb, fused.weight], gy)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_act_state_dict_is_group_norms():
+    ref = nn.GroupNorm(8, 32)
+    fused = GroupNormAct(8, 32, activation="silu")
+    assert fused.state_dict().keys() == ref.state_dict().keys()
+    with torch.no_grad():
+        ref.weight.uniform_()
+    fused.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(fused.weight, ref.weight)
+    shared = GroupNormAct.from_group_norm(ref)
+    assert shared.weight is ref.weight  # parameters shared, not copied
+
+
+def test_group_norm_act_scale_shift_and_backends():
+    m = GroupNormAct(4, 8, activation="silu")
+    x = torch.randn(2, 8, 6, 6)
+    s, t = torch.randn(2, 8), torch.randn(2, 8, 1, 1)
+    want = F.silu(F.group_norm(x, 4, m.weight, m.bias) * (1 + s[:, :, None, None]) + t)
+    torch.testing.assert_close(m(x, s, t), want, rtol=1e-5, atol=1e-5)
+    with fastgen.use_backend("torch"):
+        torch.testing.assert_close(m(x, s, t), want, rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_act_no_affine_and_bad_arguments():
+    m = GroupNormAct(2, 4, affine=False)
+    assert m.weight is None and list(m.parameters()) == []
+    x = torch.randn(2, 4, 3)
+    torch.testing.assert_close(m(x), F.group_norm(x, 2), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="divisible"):
+        GroupNormAct(3, 4)
+    with pytest.raises(ValueError, match="activation"):
+        GroupNormAct(2, 4, activation="relu")
+    with pytest.raises(ValueError, match="num_groups"):
+        GroupNormAct(0, 4)
+    with pytest.raises(TypeError, match="nn.GroupNorm"):
+        GroupNormAct.from_group_norm(nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match="GELU"):
+        GroupNormAct.from_group_norm(nn.GroupNorm(2, 4), nn.GELU(approximate="tanh"))
+    with pytest.raises(ValueError, match="shift"):
+        GroupNormAct(2, 4)(torch.randn(2, 4, 3, 3), shift=torch.randn(3, 4))
