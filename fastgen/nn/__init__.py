@@ -2,7 +2,10 @@
 
 * :class:`GroupNormAct` — ``nn.GroupNorm`` (+ ADM scale/shift modulation) (+ SiLU/GELU) in one
   fused op; same parameters and state_dict keys as ``nn.GroupNorm``.
+* :class:`TimestepEmbedding`, :func:`timestep_embedding` — sinusoidal timestep embedding + MLP
+  (diffusers-compatible layer names and conventions).
 """
+from .embedding import TimestepEmbedding, timestep_embedding
 from .norm import GroupNormAct
 
-__all__ = ["GroupNormAct"]
+__all__ = ["GroupNormAct", "TimestepEmbedding", "timestep_embedding"]
