@@ -24,7 +24,7 @@ def sync(device: torch.device) -> None:
 
 
 def median_time(fn: Callable, device: torch.device, min_time: float = 0.3, max_rounds: int = 500,
-                warmup: int = 3) -> float:
+                warmup: int = 3, min_calls: int = 5) -> float:
     """Median wall time of ``fn()`` in seconds (CUDA: triton.testing.do_bench, in ms -> s)."""
     if device.type == "cuda":
         import triton.testing
@@ -34,7 +34,7 @@ def median_time(fn: Callable, device: torch.device, min_time: float = 0.3, max_r
         fn()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < max_rounds and (time.perf_counter() - start < min_time or len(times) < 5):
+    while len(times) < max_rounds and (time.perf_counter() - start < min_time or len(times) < min_calls):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -51,13 +51,14 @@ def copy_fn(nbytes: int, device: torch.device) -> Callable:
 
 
 def interleaved_medians(fns: dict[str, Callable], device: torch.device, rounds: int = 7,
-                        min_time: float = 0.05) -> dict[str, float]:
+                        min_time: float = 0.05, min_calls: int = 5) -> dict[str, float]:
     """Median over ``rounds`` of each function's median time, the functions taking turns, so slow
     drifts of a shared machine hit every contender alike (ratios are what we report)."""
     per: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            per[k].append(median_time(fn, device, min_time=min_time, warmup=2))
+            per[k].append(median_time(fn, device, min_time=min_time, warmup=2 if min_calls > 1 else 0,
+                                      min_calls=min_calls))
     return {k: statistics.median(v) for k, v in per.items()}
 
 
@@ -71,7 +72,7 @@ def assert_outputs_close(got, want, rtol: float, atol: float, what: str) -> None
 
 def compare(benchmark, fastgen_fn: Callable, baselines: dict[str, Callable], *, device: torch.device,
             nbytes: int | None = None, rtol: float = 1e-5, atol: float = 1e-5, group: str | None = None,
-            check_against: str | None = "eager", unchecked: tuple[str, ...] = ()) -> dict:
+            check_against: str | None = "eager", unchecked: tuple[str, ...] = (), heavy: bool = False) -> dict:
     """Benchmark ``fastgen_fn`` (pytest-benchmark's table) and the ``baselines`` (same inputs).
 
     Asserts ``fastgen_fn()`` equals ``baselines[check_against]()`` (``check_against=None``: the
@@ -81,6 +82,8 @@ def compare(benchmark, fastgen_fn: Callable, baselines: dict[str, Callable], *, 
     ``nbytes`` = bytes the op must move) a copy of the same working set, taking turns
     (:func:`interleaved_medians`), and records in extra_info: each median (ms), fastgen's speedup
     over each baseline, the achieved GB/s and its percentage of the copy bandwidth.
+    ``heavy=True`` (end-to-end cases of a second or more per call): 3 pytest-benchmark rounds
+    and 3 interleaved rounds of one call each, after one warm-up call per contender.
     """
     got = fastgen_fn()
     if check_against is not None:
@@ -95,7 +98,9 @@ def compare(benchmark, fastgen_fn: Callable, baselines: dict[str, Callable], *, 
     for name, fn in baselines.items():
         if name != check_against and name not in unchecked:
             assert_outputs_close(got, fn(), rtol, atol, f"fastgen vs {name}")
-    if device.type == "cuda":
+    if heavy:
+        benchmark.pedantic(fastgen_fn, rounds=3, warmup_rounds=0, setup=lambda: sync(device))
+    elif device.type == "cuda":
         benchmark.pedantic(fastgen_fn, rounds=20, warmup_rounds=3, setup=lambda: sync(device))
     else:
         rounds = max(5, min(200, int(0.3 / max(median_time(fastgen_fn, device, 0.05), 1e-6))))
@@ -103,7 +108,12 @@ def compare(benchmark, fastgen_fn: Callable, baselines: dict[str, Callable], *, 
     contenders = {"fastgen": fastgen_fn, **baselines}
     if nbytes:
         contenders["copy"] = copy_fn(nbytes, device)
-    t = interleaved_medians(contenders, device)
+    if heavy:
+        for fn in contenders.values():
+            fn()  # one warm-up call each
+        t = interleaved_medians(contenders, device, rounds=3, min_time=0.0, min_calls=1)
+    else:
+        t = interleaved_medians(contenders, device)
     t_fast = t["fastgen"]
     info["fastgen_ms"] = round(t_fast * 1e3, 4)
     for name in baselines:
