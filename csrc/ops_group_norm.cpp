@@ -22,71 +22,14 @@
 
 #include "cpu/group_norm.h"
 #include "ops_common.h"
+#include "ops_group_norm_common.h"
 
 namespace fastgen {
 namespace {
 
 using OptTensor = std::optional<at::Tensor>;
+using gn::Setup;
 constexpr int64_t kTaskElems = 16384;  // elements per parallel task (at least)
-
-struct Setup {
-  at::Tensor x;                     // the layout the kernels walk
-  bool cl = false;                  // channels last
-  int64_t N = 0, C = 0, S = 0, G = 0;
-  at::Tensor w, b, s, t;            // fp32 contiguous parameters (undefined: absent)
-};
-
-void check_param(const OptTensor& p, const at::Tensor& x, const char* op, const char* name) {
-  if (!p.has_value()) return;
-  TORCH_CHECK_TYPE(at::isFloatingType(p->scalar_type()), "fastgen.", op, ": ", name,
-                   " must be a floating-point tensor, got ", p->scalar_type());
-  TORCH_CHECK_VALUE(p->device() == x.device(), "fastgen.", op, ": ", name, " is on ", p->device(), " but x is on ",
-                    x.device());
-}
-
-Setup setup(const at::Tensor& x, int64_t G, const OptTensor& weight, const OptTensor& bias, const OptTensor& scale,
-            const OptTensor& shift, double eps, int64_t act, const char* op) {
-  const auto st = x.scalar_type();
-  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, "fastgen.", op, ": x has dtype ", st,
-                   "; supported dtypes are float32, float16 and bfloat16");
-  TORCH_CHECK_VALUE(x.dim() >= 2, "fastgen.", op, ": x must have shape (N, C, *spatial) with at least 2 dims, got ",
-                    x.sizes());
-  TORCH_CHECK_VALUE(x.device().is_cpu(), "fastgen.", op, ": x is on ", x.device(), "; this kernel runs on the CPU");
-  TORCH_CHECK_VALUE(G >= 1, "fastgen.", op, ": num_groups must be >= 1, got ", G);
-  const int64_t C = x.size(1);
-  TORCH_CHECK_VALUE(C % G == 0, "fastgen.", op, ": the number of channels (", C, ") must be divisible by num_groups (",
-                    G, ")");
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0.0, "fastgen.", op, ": eps must be finite and > 0, got ", eps);
-  TORCH_CHECK_VALUE(act >= 0 && act <= 2, "fastgen.", op, ": act must be 0 (none), 1 (silu) or 2 (gelu), got ", act);
-  Setup s;
-  s.N = x.size(0);
-  s.C = C;
-  s.G = G;
-  s.S = 1;
-  for (int64_t d = 2; d < x.dim(); ++d) s.S *= x.size(d);
-  s.cl = x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  s.x = s.cl ? x : x.contiguous();
-  for (auto [p, name] : {std::make_pair(&weight, "weight"), std::make_pair(&bias, "bias")}) {
-    check_param(*p, x, op, name);
-    if (p->has_value()) {
-      TORCH_CHECK_VALUE((*p)->dim() == 1 && (*p)->size(0) == C, "fastgen.", op, ": ", name, " must have shape (C,) = (",
-                        C, ",), got ", (*p)->sizes());
-    }
-  }
-  for (auto [p, name] : {std::make_pair(&scale, "scale"), std::make_pair(&shift, "shift")}) {
-    check_param(*p, x, op, name);
-    if (p->has_value()) {
-      TORCH_CHECK_VALUE((*p)->dim() == 2 && (*p)->size(0) == s.N && (*p)->size(1) == C, "fastgen.", op, ": ", name,
-                        " must have shape (N, C) = (", s.N, ", ", C, "), got ", (*p)->sizes());
-    }
-  }
-  auto f32 = [](const OptTensor& p) { return p.has_value() ? p->to(at::kFloat).contiguous() : at::Tensor(); };
-  s.w = f32(weight);
-  s.b = f32(bias);
-  s.s = f32(scale);
-  s.t = f32(shift);
-  return s;
-}
 
 cpu::GroupNormArgs kernel_args(const Setup& s, double eps, int64_t act) {
   cpu::GroupNormArgs a{};
@@ -113,7 +56,7 @@ std::pair<int64_t, int64_t> cl_chunks(const Setup& s) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cpu(const at::Tensor& x, int64_t G, const OptTensor& weight,
                                                               const OptTensor& bias, const OptTensor& scale,
                                                               const OptTensor& shift, double eps, int64_t act) {
-  const Setup s = setup(x, G, weight, bias, scale, shift, eps, act, "group_norm");
+  const Setup s = gn::setup(x, G, weight, bias, scale, shift, eps, act, "group_norm", c10::DeviceType::CPU);
   at::Tensor y = at::empty_like(s.x);
   const auto fopts = x.options().dtype(at::kFloat);
   at::Tensor mean = at::zeros({s.N, G}, fopts);
@@ -149,19 +92,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     const OptTensor& weight, const OptTensor& bias, const OptTensor& scale, const OptTensor& shift, double eps,
     int64_t act, bool need_x, bool need_w, bool need_b, bool need_s, bool need_t) {
   const char* op = "group_norm_backward";
-  const Setup s = setup(x, G, weight, bias, scale, shift, eps, act, op);
-  TORCH_CHECK_VALUE(gy.sizes() == x.sizes(), "fastgen.", op, ": grad_y has shape ", gy.sizes(), " but x has shape ",
-                    x.sizes());
-  TORCH_CHECK_TYPE(gy.scalar_type() == x.scalar_type(), "fastgen.", op, ": grad_y has dtype ", gy.scalar_type(),
-                   " but x has dtype ", x.scalar_type());
-  TORCH_CHECK_VALUE(gy.device() == x.device(), "fastgen.", op, ": grad_y is on ", gy.device(), " but x is on ",
-                    x.device());
-  for (auto [t, name] : {std::make_pair(&mean, "mean"), std::make_pair(&rstd, "rstd")}) {
-    TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == s.N && t->size(1) == G && t->scalar_type() == at::kFloat &&
-                          t->device() == x.device(),
-                      "fastgen.", op, ": ", name, " must be a float32 (N, num_groups) = (", s.N, ", ", G,
-                      ") tensor on x's device, got ", t->scalar_type(), " ", t->sizes());
-  }
+  const Setup s = gn::setup(x, G, weight, bias, scale, shift, eps, act, op, c10::DeviceType::CPU);
+  gn::check_backward_inputs(s, gy, x, mean, rstd, G, op);
   need_w = need_w && weight.has_value();
   need_b = need_b && bias.has_value();
   need_s = need_s && scale.has_value();
@@ -207,16 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
       }
     }
   }
-  // parameter grads from the per-(n, c) sums S1 = sum gz, S2 = sum gz xhat (float64, tiny)
-  const at::Tensor sp = s.s.defined() ? s.s.to(at::kDouble) + 1.0 : at::Tensor();
-  if (need_t) gt = s1.to(shift->scalar_type());
-  if (need_s) {
-    at::Tensor v = s.w.defined() ? s2 * s.w.to(at::kDouble) : s2;
-    if (s.b.defined()) v = v + s1 * s.b.to(at::kDouble);
-    gs = v.to(scale->scalar_type());
-  }
-  if (need_w) gw = (sp.defined() ? s2 * sp : s2).sum(0).to(weight->scalar_type());
-  if (need_b) gb = (sp.defined() ? s1 * sp : s1).sum(0).to(bias->scalar_type());
+  gn::param_grads(s, s1, s2, weight, bias, scale, shift, need_w, need_b, need_s, need_t, gw, gb, gs, gt);
   return {gx, gw, gb, gs, gt};
 }
 
