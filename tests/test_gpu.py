@@ -244,3 +244,160 @@ def test_cuda_graph_falls_back_with_a_warning():
         want = sample(model, shape, sampler=name, steps=4, sampler_kwargs=skw, initial_noise=x0, progress=False,
                       generator=torch.Generator("cuda").manual_seed(0))
         assert_close(got, want, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# group_norm: the CUDA C++ kernels (impl="cpp" on CUDA tensors) against the float64 reference
+# ---------------------------------------------------------------------------------------------
+GN_TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (4e-3, 4e-3), torch.bfloat16: (2e-2, 2e-2)}
+GN_GRAD_TOL = {torch.float32: (1e-4, 2e-5), torch.float16: (1e-2, 1e-2), torch.bfloat16: (4e-2, 4e-2)}
+GN_SHAPES = [
+    ((2, 6, 5, 7), 3),       # odd spatial (scalar paths: S, C not multiples of the vector width)
+    ((2, 6), 3),             # no spatial dims
+    ((3, 32, 16, 16), 8),    # vector paths
+    ((1, 64, 64, 64), 32),   # small N: the reductions are split into chunks
+    ((2, 16, 4, 4, 4), 4),   # 5-d
+    ((1, 8, 3000), 2),       # 3-d, split rows
+]
+
+
+def _gn_inputs(shape, G, dtype, layout="contiguous", affine=True, mod=True, seed=0, mean=0.5, std=2.0):
+    g = torch.Generator().manual_seed(seed)
+    n, c = shape[0], shape[1]
+    x = (torch.randn(shape, generator=g) * std + mean).to(dtype).cuda()
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = (1 + 0.5 * torch.randn(c, generator=g)).cuda() if affine else None
+    b = (0.5 * torch.randn(c, generator=g)).cuda() if affine else None
+    s = (0.5 * torch.randn(n, c, generator=g)).cuda() if mod else None
+    t = (0.5 * torch.randn(n, c, generator=g)).cuda() if mod else None
+    gy = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 7)).to(dtype).cuda()
+    return x, w, b, s, t, gy
+
+
+def _gn_run(impl, x, G, w, b, s, t, act, gy, double=False):
+    from fastgen.functional import group_norm
+
+    cast = (lambda v: v.double()) if double else (lambda v: v)
+    leaves = [cast(v.detach()).requires_grad_() if v is not None else None for v in (x, w, b, s, t)]
+    y = group_norm(leaves[0], G, leaves[1], leaves[2], activation=act, scale=leaves[3], shift=leaves[4], impl=impl)
+    inputs = [v for v in leaves if v is not None]
+    grads = torch.autograd.grad(y, inputs, cast(gy))
+    return y, list(grads)
+
+
+def _gn_check(shape, G, dtype, layout, act, affine=True, mod=True, **kw):
+    _need("cpp")
+    x, w, b, s, t, gy = _gn_inputs(shape, G, dtype, layout, affine, mod, **kw)
+    y, grads = _gn_run("cpp", x, G, w, b, s, t, act, gy)
+    yr, grads_r = _gn_run("torch", x, G, w, b, s, t, act, gy, double=True)
+    assert y.dtype == dtype and y.device.type == "cuda"
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    rt, at = GN_TOL[dtype]
+    assert_close(y.double(), yr, what=f"y {dtype} {layout} {act}", rtol=rt, atol=at)
+    rt, at = GN_GRAD_TOL[dtype]
+    names = [n for n, v in zip(("x", "weight", "bias", "scale", "shift"), (x, w, b, s, t)) if v is not None]
+    for name, g, gr, leaf in zip(names, grads, grads_r, [v for v in (x, w, b, s, t) if v is not None]):
+        assert g.dtype == leaf.dtype and g.shape == leaf.shape, name
+        scale = max(1.0, float(gr.abs().max()))  # parameter grads are sums over N * S elements
+        assert_close(g.double(), gr, what=f"grad {name} {dtype} {layout} {act}", rtol=rt, atol=at * scale)
+
+
+@pytest.mark.parametrize("act", [None, "silu", "gelu"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape,G", GN_SHAPES, ids=[str(s) for s, _ in GN_SHAPES])
+def test_group_norm_cuda_matches_reference(shape, G, dtype, layout, act):
+    if layout == "channels_last" and len(shape) != 4:
+        pytest.skip("channels_last is 4-d only")
+    _gn_check(shape, G, dtype, layout, act)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("affine,mod", [(False, False), (True, False), (False, True)])
+def test_group_norm_cuda_optional_params(layout, affine, mod):
+    _gn_check((2, 32, 8, 8), 4, torch.float32, layout, "silu", affine=affine, mod=mod)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_group_norm_cuda_large_mean_small_std(layout):
+    # (x - mean) a + c' keeps the precision where A x + B would not; Welford keeps the variance
+    _gn_check((2, 32, 16, 16), 8, torch.float32, layout, None, mean=100.0, std=0.2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_group_norm_cuda_misaligned_scalar_path(dtype):
+    _need("cpp")
+    from fastgen.functional import group_norm
+    from fastgen.ops.group_norm import group_norm_reference
+
+    buf = torch.randn(1 + 2 * 16 * 8 * 8, device="cuda").to(dtype)
+    x = buf[1:].view(2, 16, 8, 8)  # data pointer off the 16-byte grid
+    w = torch.rand(16, device="cuda") + 0.5
+    got = group_norm(x, 4, w, None, activation="gelu", impl="cpp")
+    want = group_norm_reference(x.double(), 4, w.double(), None, activation="gelu")
+    assert_close(got.double(), want, rtol=GN_TOL[dtype][0], atol=GN_TOL[dtype][1])
+
+
+def test_group_norm_cuda_empty_and_deterministic():
+    _need("cpp")
+    from fastgen.functional import group_norm
+
+    x = torch.randn(0, 8, 4, 4, device="cuda", requires_grad=True)
+    y = group_norm(x, 2, impl="cpp")
+    assert y.shape == x.shape
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert g.shape == x.shape
+    x, w, b, s, t, gy = _gn_inputs((1, 64, 32, 32), 32, torch.float32)
+    y1, g1 = _gn_run("cpp", x, 32, w, b, s, t, "silu", gy)
+    y2, g2 = _gn_run("cpp", x, 32, w, b, s, t, "silu", gy)
+    assert torch.equal(y1, y2)
+    assert all(torch.equal(a, c) for a, c in zip(g1, g2))
+
+
+def test_group_norm_cuda_mean_rstd_outputs():
+    _need("cpp")
+    x, w, b, s, t, _ = _gn_inputs((2, 12, 6, 5), 3, torch.float32)
+    _, mean, rstd = torch.ops.fastgen.group_norm(x, 3, w, b, s, t, 1e-5, 0)
+    xg = x.double().reshape(2, 3, -1)
+    assert_close(mean.double(), xg.mean(-1), rtol=1e-6, atol=1e-6)
+    assert_close(rstd.double(), (xg.var(-1, unbiased=False) + 1e-5).rsqrt(), rtol=1e-5, atol=1e-6)
+
+
+def test_group_norm_cuda_double_backward():
+    _need("cpp")
+    from fastgen.functional import group_norm
+
+    x, w, b, s, t, gy = _gn_inputs((2, 8, 4, 4), 4, torch.float32)
+
+    def run(impl):
+        xs = x.detach().requires_grad_()
+        y = group_norm(xs, 4, w, b, activation="silu", scale=s, shift=t, impl=impl)
+        (g,) = torch.autograd.grad(y, xs, gy, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), xs)[0]
+
+    assert_close(run("cpp"), run("torch"), rtol=1e-4, atol=1e-5)
+
+
+def test_group_norm_cuda_opcheck_and_dispatch():
+    _need("cpp")
+    assert backend.resolve("group_norm", torch.device("cuda")) == "cpp"
+    x, w, b, s, t, gy = _gn_inputs((2, 8, 4, 4), 4, torch.float32)
+    torch.library.opcheck(torch.ops.fastgen.group_norm.default, (x.requires_grad_(), 4, w, b, s, t, 1e-5, 1))
+    _, mean, rstd = torch.ops.fastgen.group_norm(x.detach(), 4, w, b, s, t, 1e-5, 1)
+    torch.library.opcheck(torch.ops.fastgen.group_norm_backward.default,
+                          (gy, x.detach(), mean, rstd, 4, w, b, s, t, 1e-5, 1, True, True, True, True, True))
+
+
+def test_group_norm_cuda_compile_fullgraph():
+    _need("cpp")
+    from fastgen.functional import group_norm
+
+    x, w, b, s, t, _ = _gn_inputs((2, 16, 8, 8), 4, torch.float16)
+
+    def f(x):
+        return group_norm(x, 4, w, b, activation="silu", scale=s, shift=t, impl="cpp")
+
+    torch._dynamo.reset()
+    assert_close(torch.compile(f, fullgraph=True)(x), f(x))

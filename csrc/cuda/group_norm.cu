@@ -13,9 +13,10 @@
 // Forward statistics are Welford / Chan merges in fp32 (count, mean, M2): no E[x^2] - E[x]^2
 // cancellation. y = act((x - mean) a + c'), a = rstd w (1 + s), c' = b (1 + s) + t.
 // Backward: per-(n, c) S1 = sum gz, S2 = sum gz (x - mean) (z recomputed, gz = gy act'(z)), merged
-// per group into the fp32 (N, C) sums S1, S2 xhat-scaled and the gx coefficients:
+// per group into the fp32 (N, C) sums S1 and S2 = rstd sum gz (x - mean) = sum gz xhat, and the gx
+// coefficients:
 //   gx = rstd (k gz - m1 - xhat m2) = k1 gz + k2 (x - mean) + k3,  k = w (1 + s),
-//   m1 = mean_group(k S1) / M..., k1 = rstd k, k2 = -rstd^2 m2, k3 = -rstd m1.
+//   m1 = sum_c k S1 / M, m2 = sum_c k S2 / M (M = (C / G) S), k1 = rstd k, k2 = -rstd^2 m2, k3 = -rstd m1.
 // SiLU / GELU use CUDA's accurate expf / normcdff (no fast-math intrinsics).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

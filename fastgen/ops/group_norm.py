@@ -9,7 +9,8 @@ Statistics are fp32 for every storage dtype; float64 inputs run the reference (i
 
 Implementations (see fastgen.backend):
   torch   group_norm_reference — F.group_norm, then the modulation and activation (the oracle)
-  cpp     torch.ops.fastgen.group_norm{,_backward} — C++ CPU kernels (fastgen._C; no CUDA kernel)
+  cpp     torch.ops.fastgen.group_norm{,_backward} — C++ CPU kernels and CUDA kernels (fastgen._C;
+          csrc/cpu/group_norm.cpp, csrc/cuda/group_norm.cu; CUDA only in CUDA builds)
   triton  torch.ops.fastgen.group_norm{,_backward}_triton — Triton kernels (fastgen.kernels.group_norm)
 The fused forward folds everything into a per-(n, c) affine, y = act(A x + B) with
 A = rstd w (1 + s) and B = (b - mean rstd w) (1 + s) + t, and saves only mean / rstd (N, G).
@@ -40,9 +41,10 @@ backend.register_op(
     backend.OpSpec(
         name=OP,
         impls=("torch", "cpp", "triton"),
-        preference={"cpu": ("cpp",), "cuda": ("triton",)},
+        # cpp on CUDA tensors: the CUDA kernels of csrc/cuda/group_norm.cu, when fastgen._C was built
+        # with CUDA (backend.impl_available says why not otherwise); Triton where it was not
+        preference={"cpu": ("cpp",), "cuda": ("cpp", "triton")},
         notes="fused GroupNorm + (1 + scale) / shift modulation + SiLU / GELU, and its backward",
-        impl_devices={"cpp": ("cpu",)},
     )
 )
 
@@ -311,7 +313,8 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor] 
         eps: added to the variance (finite, > 0).
         activation: None, ``"silu"`` or ``"gelu"`` (exact erf GELU).
         scale, shift: per-(sample, channel) modulation, ``(N, C)`` or ``(N, C, 1, 1)``, or None.
-        impl: force ``"torch"``, ``"cpp"`` (CPU) or ``"triton"`` (default: see fastgen.backend).
+        impl: force ``"torch"``, ``"cpp"`` (CPU, and CUDA in CUDA builds) or ``"triton"`` (default: see
+            fastgen.backend).
 
     Returns:
         y with x's shape, dtype and memory format. Differentiable w.r.t. x, weight, bias, scale and
