@@ -94,14 +94,47 @@ inline void check_backward_inputs(const Setup& s, const at::Tensor& gy, const at
   }
 }
 
+// Forward outputs: y in the kernels' layout of x; mean 0 and rstd 1 / sqrt(eps) (an empty group's
+// statistics, kept as they are when x is empty).
+struct ForwardOutputs {
+  at::Tensor y, mean, rstd;
+};
+
+inline ForwardOutputs forward_outputs(const Setup& s, int64_t G, double eps, const at::Tensor& x) {
+  const auto fopts = x.options().dtype(at::kFloat);
+  return {at::empty_like(s.x), at::zeros({s.N, G}, fopts), at::full({s.N, G}, 1.0 / std::sqrt(eps), fopts)};
+}
+
+// Backward outputs: the need mask narrowed to the parameters that exist, and an empty [0] tensor
+// for every grad that is not computed (the op's convention).
+struct BackwardOutputs {
+  bool need_x, need_w, need_b, need_s, need_t;
+  at::Tensor gx, gw, gb, gs, gt;
+  bool any() const { return need_x || need_w || need_b || need_s || need_t; }
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> result() const {
+    return {gx, gw, gb, gs, gt};
+  }
+};
+
+inline BackwardOutputs backward_outputs(const Setup& s, const at::Tensor& x, const OptTensor& weight,
+                                        const OptTensor& bias, const OptTensor& scale, const OptTensor& shift,
+                                        bool need_x, bool need_w, bool need_b, bool need_s, bool need_t) {
+  const auto empty = [&](const OptTensor& like) {
+    return at::empty({0}, like.has_value() ? like->options() : x.options());
+  };
+  return {need_x, need_w && weight.has_value(), need_b && bias.has_value(), need_s && scale.has_value(),
+          need_t && shift.has_value(), need_x ? at::empty_like(s.x) : at::empty({0}, x.options()),
+          empty(weight), empty(bias), empty(scale), empty(shift)};
+}
+
 // weight / bias / scale / shift grads from the per-(n, c) sums S1 = sum gz, S2 = sum gz xhat (any
 // float dtype; computed in float64, tiny (N, C) ops): g_shift = S1, g_scale = w S2 + b S1,
 // g_bias = sum_n (1 + s) S1, g_weight = sum_n (1 + s) S2. Each in its input's dtype; the ones not
 // needed are left as they are.
 inline void param_grads(const Setup& s, const at::Tensor& s1_in, const at::Tensor& s2_in, const OptTensor& weight,
-                        const OptTensor& bias, const OptTensor& scale, const OptTensor& shift, bool need_w,
-                        bool need_b, bool need_s, bool need_t, at::Tensor& gw, at::Tensor& gb, at::Tensor& gs,
-                        at::Tensor& gt) {
+                        const OptTensor& bias, const OptTensor& scale, const OptTensor& shift, BackwardOutputs& o) {
+  const bool need_w = o.need_w, need_b = o.need_b, need_s = o.need_s, need_t = o.need_t;
+  at::Tensor &gw = o.gw, &gb = o.gb, &gs = o.gs, &gt = o.gt;
   const at::Tensor s1 = s1_in.to(at::kDouble), s2 = s2_in.to(at::kDouble);
   // parameter grads from the per-(n, c) sums S1 = sum gz, S2 = sum gz xhat (float64, tiny)
   const at::Tensor sp = s.s.defined() ? s.s.to(at::kDouble) + 1.0 : at::Tensor();

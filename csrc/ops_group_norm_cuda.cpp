@@ -48,10 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cuda(const at::Tensor&
                                                                double eps, int64_t act) {
   const c10::cuda::CUDAGuard guard(x.device());
   const Setup s = gn::setup(x, G, weight, bias, scale, shift, eps, act, "group_norm", c10::DeviceType::CUDA);
-  at::Tensor y = at::empty_like(s.x);
-  const auto fopts = x.options().dtype(at::kFloat);
-  at::Tensor mean = at::zeros({s.N, G}, fopts);
-  at::Tensor rstd = at::full({s.N, G}, 1.0 / std::sqrt(eps), fopts);
+  auto [y, mean, rstd] = gn::forward_outputs(s, G, eps, x);
   if (s.x.numel() == 0) return {y, mean, rstd};
   const DType dt = to_fg_dtype(x.scalar_type(), "x");
   cuda::GroupNormCudaArgs a = kernel_args(s, eps, act);
@@ -73,16 +70,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
   const c10::cuda::CUDAGuard guard(x.device());
   const Setup s = gn::setup(x, G, weight, bias, scale, shift, eps, act, op, c10::DeviceType::CUDA);
   gn::check_backward_inputs(s, gy, x, mean, rstd, G, op);
-  need_w = need_w && weight.has_value();
-  need_b = need_b && bias.has_value();
-  need_s = need_s && scale.has_value();
-  need_t = need_t && shift.has_value();
-  const auto empty = [&](const OptTensor& like) {
-    return at::empty({0}, like.has_value() ? like->options() : x.options());
-  };
-  at::Tensor gx = need_x ? at::empty_like(s.x) : at::empty({0}, x.options());
-  at::Tensor gw = empty(weight), gb = empty(bias), gs = empty(scale), gt = empty(shift);
-  if (!(need_x || need_w || need_b || need_s || need_t)) return {gx, gw, gb, gs, gt};
+  gn::BackwardOutputs o = gn::backward_outputs(s, x, weight, bias, scale, shift, need_x, need_w, need_b, need_s,
+                                               need_t);
+  if (!o.any()) return o.result();
+  at::Tensor& gx = o.gx;
   const auto fopts = x.options().dtype(at::kFloat);
   // S1 = sum gz, S2 = sum gz xhat per (n, c), fp32 (fp32 accumulation in the kernels)
   at::Tensor s1 = at::zeros({s.N, s.C}, fopts), s2 = at::zeros({s.N, s.C}, fopts);
@@ -101,8 +92,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
                                   ws.mutable_data_ptr<float>(), c10::cuda::getCurrentCUDAStream(x.device().index()));
     TORCH_CHECK(err == cudaSuccess, "fastgen.group_norm_backward: CUDA launch failed: ", cudaGetErrorString(err));
   }
-  gn::param_grads(s, s1, s2, weight, bias, scale, shift, need_w, need_b, need_s, need_t, gw, gb, gs, gt);
-  return {gx, gw, gb, gs, gt};
+  gn::param_grads(s, s1, s2, weight, bias, scale, shift, o);
+  return o.result();
 }
 
 }  // namespace
