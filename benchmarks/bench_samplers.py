@@ -90,6 +90,21 @@ def _check(got, *wants):
         torch.testing.assert_close(got, w, **TOL)
 
 
+def _stochastic_case(smp, k, t, m, x, eager, ds_step=None, diff=None, **case_kw):
+    """A stochastic step: fastgen with explicit noise == eager with it (== diffusers' step given an
+    equally seeded generator, ``ds_step(generator) -> prev_sample``), checked now; timed later with
+    each drawing its own noise. ``diff`` times a diffusers step that is not compared."""
+    noise = _randn(9)
+    smp._step_index = k
+    got = smp.step(m, t, x, noise=noise).prev_sample
+    wants = [eager(x, m, noise)]
+    if ds_step is not None:
+        wants.append(ds_step(torch.Generator().manual_seed(9)))
+        diff = lambda: ds_step(None)  # noqa: E731
+    _check(got, *wants)
+    return Case(_prev_only(_stepper(smp, k, t, m, x)), eager, (x, m), diff, stochastic=True, **case_kw)
+
+
 # ------------------------------------------------------------------------------------------ cases
 def _ddpm(d, learned):
     n, k = 50, 10
@@ -114,18 +129,12 @@ def _ddpm(d, learned):
         x0 = (x - (1 - ab) ** 0.5 * eps) / ab**0.5
         return c0 * x0 + cx * x + std * (torch.randn_like(x) if noise is None else noise)
 
-    noise = _randn(9)
-    smp._step_index = k
-    got = smp.step(m, t, x, noise=noise).prev_sample
-    wants = [eager(x, m, noise)]
-    diff = None
+    ds_step = None
     if d is not None:
         ds = d.DDPMScheduler(clip_sample=False, variance_type="learned_range" if learned else "fixed_small")
         ds.set_timesteps(n)
-        wants.append(ds.step(m, t, x, generator=torch.Generator().manual_seed(9)).prev_sample)
-        diff = lambda: ds.step(m, t, x).prev_sample  # noqa: E731
-    _check(got, *wants)
-    return Case(_prev_only(_stepper(smp, k, t, m, x)), eager, (x, m), diff, stochastic=True)
+        ds_step = lambda gen: ds.step(m, t, x, generator=gen).prev_sample  # noqa: E731
+    return _stochastic_case(smp, k, t, m, x, eager, ds_step)
 
 
 def _ddim(d, cfg):
@@ -189,21 +198,13 @@ def _euler(d, ancestral):
                 r = ds.step(m, t, x)
                 return r.prev_sample, r.pred_original_sample
         return Case(_stepper(smp, k, t, m, x), eager, (x, m), diff)
-    noise = _randn(9)
-    smp._step_index = k
-    got = smp.step(m, t, x, noise=noise).prev_sample
-    wants = [eager(x, m, noise)]
-    diff = None
+    ds_step = None
     if ds is not None:
-        ds._step_index = k
-        wants.append(ds.step(m, t, x, generator=torch.Generator().manual_seed(9)).prev_sample)
-
-        def diff():
+        def ds_step(gen):
             ds._step_index = k
-            return ds.step(m, t, x).prev_sample
+            return ds.step(m, t, x, generator=gen).prev_sample
 
-    _check(got, *wants)
-    return Case(_prev_only(_stepper(smp, k, t, m, x)), eager, (x, m), diff, stochastic=True)
+    return _stochastic_case(smp, k, t, m, x, eager, ds_step)
 
 
 def _heun(d):
@@ -311,9 +312,6 @@ def _score_sde(d, stochastic):
 
     if not stochastic:
         return Case(_stepper(smp, k, t, m, x), eager, (x, m))
-    noise = _randn(9)
-    smp._step_index = k
-    _check(smp.step(m, t, x, noise=noise).prev_sample, eager(x, m, noise))
     diff = None
     try:  # deprecated in diffusers, may go away
         from diffusers.schedulers.deprecated.scheduling_sde_vp import ScoreSdeVpScheduler
@@ -324,8 +322,9 @@ def _score_sde(d, stochastic):
         ds.set_timesteps(n)
         tv = torch.full((SHAPE[0],), tt)
         diff = lambda: ds.step_pred(m, x, tv)[0]  # noqa: E731
-    return Case(_prev_only(_stepper(smp, k, t, m, x)), eager, (x, m), diff, stochastic=True, diffusers_checked=False,
-                note="diffusers' ScoreSdeVpScheduler steps dt = 1/n on linspace(1, eps, n): timed, not compared")
+    return _stochastic_case(smp, k, t, m, x, eager, diff=diff, diffusers_checked=False,
+                            note="diffusers' ScoreSdeVpScheduler steps dt = 1/n on linspace(1, eps, n): timed, not "
+                                 "compared")
 
 
 CASES = {
