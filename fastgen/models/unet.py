@@ -157,7 +157,9 @@ class UNet(nn.Module):
             if class_labels.shape != (n,) or class_labels.is_floating_point():
                 raise ValueError(f"UNet: class_labels must be integers of shape ({n},), got "
                                  f"{class_labels.dtype} {tuple(class_labels.shape)}")
-            if bool(((class_labels < 0) | (class_labels > self.num_classes)).any()):
+            # range check on host labels only: on a GPU it would sync every step (and break CUDA-graph
+            # capture); nn.Embedding rejects out-of-range labels there
+            if class_labels.device.type == "cpu" and bool(((class_labels < 0) | (class_labels > self.num_classes)).any()):
                 raise ValueError(f"UNet: class_labels must be in [0, {self.num_classes}]")
             emb = emb + self.label_embed(class_labels.to(x.device))
         elif class_labels is not None:
