@@ -4,7 +4,7 @@ What it does:
 
 * builds an **embedded dataset**: 64 small procedural RGB images in [-1, 1] (discs, squares,
   rings and diagonal stripes in saturated colours on contrasting backgrounds), drawn with torch
-  from a fixed seed — no downloads, no files;
+  from a fixed seed by :func:`fastgen.data.make_shapes` — no downloads, no files;
 * uses the Stable Diffusion "scaled linear" noise schedule (1000 training steps) and DDIM
   timesteps with diffusers' "leading" spacing and ``final_alpha_cumprod = 1``;
 * denoises with the **closed-form optimal (Bayes) denoiser of that dataset**: the posterior mean
@@ -43,63 +43,26 @@ from typing import Optional
 
 import torch
 
-from . import backend, functional
+from . import backend, functional, images
+from .images import image_grid  # noqa: F401  (part of this module's API before fastgen.images)
+from .data import DATASET_SEED, make_shapes
 
 DATASET_SIZE = 64
-DATASET_SEED = 20240607
 NUM_TRAIN_TIMESTEPS = 1000
 SIZES = (16, 32, 64)
 UPSCALE = 4
 PAD = 2  # pixels between grid cells, after upscaling
-
-# Saturated colours in [-1, 1]: red, green, blue, yellow, cyan, magenta, white, black.
-_PALETTE = torch.tensor(
-    [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [-1, 1, 1], [1, -1, 1], [1, 1, 1], [-1, -1, -1]],
-    dtype=torch.float32,
-)
-_SHAPES = ("disc", "square", "ring", "stripes")
 
 
 # ----------------------------------------------------------------------------- dataset
 def make_dataset(size: int = 32, count: int = DATASET_SIZE, seed: int = DATASET_SEED) -> torch.Tensor:
     """The embedded dataset: ``count`` procedural RGB images, float32 ``[count, 3, size, size]`` in [-1, 1].
 
-    Image ``i`` is shape ``_SHAPES[i % 4]`` (disc, square, ring or diagonal stripes) with random
-    centre, extent, orientation and two different palette colours (foreground/background). Shapes
-    are drawn with signed distance functions and a one-pixel anti-aliased edge, in coordinates
-    normalised to [-1, 1], so the same seed gives the same pictures at every ``size``.
+    Image ``i`` is shape ``SHAPE_CLASSES[i % 4]`` (disc, square, ring or diagonal stripes) with random
+    centre, extent, orientation and two different palette colours: the images of
+    :func:`fastgen.data.make_shapes` (see there), without the labels.
     """
-    g = torch.Generator().manual_seed(seed)
-    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    pixel = 2.0 / size
-    images = torch.empty(count, 3, size, size)
-    for i in range(count):
-        u = torch.rand(6, generator=g).tolist()
-        fg_i = int(torch.randint(0, len(_PALETTE), (1,), generator=g))
-        bg_off = int(torch.randint(1, len(_PALETTE), (1,), generator=g))  # never the foreground colour
-        fg = _PALETTE[fg_i]
-        bg = _PALETTE[(fg_i + bg_off) % len(_PALETTE)] * 0.8  # a slightly muted, different colour
-        cx, cy = (u[0] - 0.5) * 0.8, (u[1] - 0.5) * 0.8
-        dx, dy = xx - cx, yy - cy
-        kind = _SHAPES[i % len(_SHAPES)]
-        if kind == "disc":
-            sd = torch.sqrt(dx * dx + dy * dy) - (0.25 + 0.3 * u[2])
-        elif kind == "square":
-            c, s = math.cos(u[3] * math.pi / 2), math.sin(u[3] * math.pi / 2)
-            rx, ry = c * dx + s * dy, -s * dx + c * dy
-            sd = torch.maximum(rx.abs(), ry.abs()) - (0.2 + 0.25 * u[2])
-        elif kind == "ring":
-            width = 0.08 + 0.07 * u[4]
-            sd = (torch.sqrt(dx * dx + dy * dy) - (0.3 + 0.25 * u[2])).abs() - width
-        else:  # diagonal stripes, either diagonal, random period and phase
-            direction = 1.0 if u[3] < 0.5 else -1.0
-            period = 0.35 + 0.3 * u[2]
-            s = ((xx + direction * yy) / math.sqrt(2.0)) / period + u[5]
-            sd = ((s - torch.floor(s) - 0.5).abs() - 0.25) * period
-        mask = (0.5 - sd / pixel).clamp(0.0, 1.0)
-        images[i] = bg.view(3, 1, 1) * (1 - mask) + fg.view(3, 1, 1) * mask
-    return images
+    return make_shapes(size, count, seed)[0]
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -193,35 +156,11 @@ def nearest_neighbour_distance(samples: torch.Tensor, data: torch.Tensor) -> flo
 
 
 # ----------------------------------------------------------------------------- image output
-def image_grid(images: torch.Tensor, upscale: int = UPSCALE, pad: int = PAD, ncols: Optional[int] = None,
-               background: float = 1.0) -> torch.Tensor:
-    """uint8 ``[H, W, 3]`` grid of ``[N, 3, S, S]`` images in [-1, 1], each upscaled with nearest."""
-    n, _, h, w = images.shape
-    ncols = ncols or math.ceil(math.sqrt(n))
-    nrows = math.ceil(n / ncols)
-    big = images.float().clamp(-1, 1).repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
-    ch, cw = h * upscale, w * upscale
-    grid = torch.full((3, pad + nrows * (ch + pad), pad + ncols * (cw + pad)), background)
-    for k in range(n):
-        r, c = divmod(k, ncols)
-        y, x = pad + r * (ch + pad), pad + c * (cw + pad)
-        grid[:, y:y + ch, x:x + cw] = big[k]
-    return ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
-
-
 def save_png(samples: torch.Tensor, neighbours: torch.Tensor, path: Path) -> tuple[int, int]:
     """Save ``[samples | nearest dataset images]`` side by side as a PNG; return (width, height)."""
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pillow is an optional dependency
-        raise RuntimeError("the demo needs Pillow to write its PNG: pip install pillow") from exc
-    left, right = image_grid(samples), image_grid(neighbours)
+    left, right = image_grid(samples, UPSCALE, PAD), image_grid(neighbours, UPSCALE, PAD)
     gap = torch.full((left.shape[0], 8, 3), 255, dtype=torch.uint8)
-    both = torch.cat([left, gap, right], dim=1)
-    img = Image.fromarray(both.numpy())  # uint8 [H, W, 3] -> RGB
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
-    return img.size
+    return images.save_png(torch.cat([left, gap, right], dim=1), path)
 
 
 # ----------------------------------------------------------------------------- the demo
