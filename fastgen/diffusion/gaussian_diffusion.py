@@ -179,7 +179,7 @@ class GaussianDiffusion(torch.nn.Module):
         nll = -discretized_gaussian_log_likelihood(x0f, model_mean, model_log_var).reshape(n, -1).mean(dim=1) / _LOG2
         return torch.where(t.to(kl.device) == 0, nll, kl)
 
-    def _labels(self, class_labels, n: int, device, generator) -> Optional[torch.Tensor]:
+    def _labels(self, class_labels, n: int, device, generator, label_drop=None) -> Optional[torch.Tensor]:
         if class_labels is None:
             return None
         if not isinstance(class_labels, torch.Tensor) or class_labels.is_floating_point() or \
@@ -193,16 +193,22 @@ class GaussianDiffusion(torch.nn.Module):
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
             raise ValueError(f"class_labels must be in [0, num_classes={self.num_classes}] (num_classes = the null "
                              f"class), got values in [{int(labels.min())}, {int(labels.max())}]")
-        if self.training and self.p_uncond > 0:
+        if label_drop is not None:
+            if not isinstance(label_drop, torch.Tensor) or label_drop.dtype != torch.bool or label_drop.shape != (n,):
+                raise ValueError(f"label_drop must be a bool tensor of shape [{n}]")
+            drop = label_drop.to(device)
+        elif self.training and self.p_uncond > 0:
             gdev = generator.device if generator is not None else device
             drop = (torch.rand(n, generator=generator, device=gdev) < self.p_uncond).to(device)
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-        return labels
+        else:
+            return labels
+        return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
 
     # ------------------------------------------------------------------ training
     def loss(self, x0: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
              generator: Optional[torch.Generator] = None, t: Optional[torch.Tensor] = None,
-             noise: Optional[torch.Tensor] = None, *, return_terms: bool = False):
+             noise: Optional[torch.Tensor] = None, *, label_drop: Optional[torch.Tensor] = None,
+             return_terms: bool = False):
         """The training loss of a batch of clean samples ``x0`` (mean over the batch).
 
         Args:
@@ -212,6 +218,9 @@ class GaussianDiffusion(torch.nn.Module):
             generator: RNG for ``t``, ``noise`` and the label dropout.
             t: ``[N]`` integer timesteps (default: uniform over ``[0, T-1]``).
             noise: the standard-normal noise (default: drawn).
+            label_drop: a bool ``[N]`` mask of the labels to replace by the null class, instead of
+                drawing it with ``p_uncond`` (used by trainers that draw all randomness for the
+                global batch themselves, so a data-parallel run equals a single-process one).
             return_terms: also return ``{"loss", "mse", "vlb"}`` per-sample terms.
         """
         if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.dim() < 2:
@@ -233,7 +242,7 @@ class GaussianDiffusion(torch.nn.Module):
             noise = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(dev)
         elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
             raise ValueError(f"noise must be a tensor of x0's shape {tuple(x0.shape)}")
-        labels = self._labels(class_labels, n, dev, generator)
+        labels = self._labels(class_labels, n, dev, generator, label_drop)
 
         ab = self._t_ab[t.cpu()].to(dev)  # float64 [N]
         x_t = q_sample(x0, noise, ab)
@@ -269,10 +278,12 @@ class GaussianDiffusion(torch.nn.Module):
 
     # ------------------------------------------------------------------ sampling
     def sample(self, shape, *, sampler: str = "ddim", steps: int = 50, guidance_scale: float = 1.0,
-               class_labels=None, generator: Optional[torch.Generator] = None, sampler_kwargs=None, **kwargs):
+               class_labels=None, generator: Optional[torch.Generator] = None, sampler_kwargs=None,
+               model: Optional[torch.nn.Module] = None, **kwargs):
         """Sample with :func:`fastgen.diffusion.sample` using this schedule, prediction type and null
-        class (``learn_sigma`` models use the learned variance with ``sampler="ddpm"``). Extra
-        keyword arguments go to :func:`~fastgen.diffusion.sample`."""
+        class (``learn_sigma`` models use the learned variance with ``sampler="ddpm"``). ``model``
+        samples with other weights of the same network (e.g. an EMA copy) instead of ``self.model``.
+        Extra keyword arguments go to :func:`~fastgen.diffusion.sample`."""
         from .sampling import sample as _sample
 
         skw = dict(sampler_kwargs or {})
@@ -280,12 +291,13 @@ class GaussianDiffusion(torch.nn.Module):
             skw.setdefault("prediction_type", self.prediction_type)
             if self.learn_sigma and sampler.lower() == "ddpm":
                 skw.setdefault("variance_type", "learned_range")
-        was = self.training
-        self.eval()
+        net = self.model if model is None else model
+        was = net.training
+        net.eval()
         try:
-            return _sample(self.model, shape, sampler=sampler, steps=steps,
+            return _sample(net, shape, sampler=sampler, steps=steps,
                            schedule=self.schedule if isinstance(sampler, str) else None,
                            guidance_scale=guidance_scale, class_labels=class_labels, null_label=self.null_class,
                            generator=generator, sampler_kwargs=skw if isinstance(sampler, str) else None, **kwargs)
         finally:
-            self.train(was)
+            net.train(was)

@@ -84,6 +84,14 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: num_classes must be None or a positive int, got {num_classes!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"UNet: dropout must be in [0, 1), got {dropout}")
+        # the constructor arguments (JSON-serialisable): checkpoints store them to rebuild the model
+        self.config = dict(image_size=image_size, in_channels=in_channels, out_channels=out_channels,
+                           model_channels=model_channels, channel_mult=list(channel_mult),
+                           num_res_blocks=num_res_blocks, attention_resolutions=list(attention_resolutions),
+                           num_heads=num_heads, num_head_channels=num_head_channels, dropout=float(dropout),
+                           num_classes=num_classes, learn_sigma=learn_sigma,
+                           use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown,
+                           conv_resample=conv_resample, num_groups=num_groups)
         self.image_size, self.in_channels = image_size, in_channels
         self.out_channels = (out_channels or in_channels) * (2 if learn_sigma else 1)
         self.num_classes, self.learn_sigma = num_classes, learn_sigma
