@@ -68,7 +68,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fastgen", "fastgen.*"]),
-    install_requires=[f"torch=={TORCH_PIN}", "numpy", "tqdm"],
+    install_requires=[f"torch=={TORCH_PIN}", "numpy", "tqdm", "safetensors"],
     extras_require={
         "triton": ["triton>=3.2"],
         "demo": ["pillow"],
