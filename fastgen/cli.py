@@ -3,6 +3,8 @@
     fastgen info [--json]     versions, devices, the compiled extension, and which implementation
                               each fused op uses on CPU and on CUDA (and why not the others)
     fastgen demo [options]    a few-second DDIM sampling demo on an embedded dataset (see fastgen.demo)
+    fastgen train ddpm ...    train a diffusion U-Net (torchrun-compatible; see fastgen.train.commands)
+    fastgen sample ...        a PNG grid of samples from a training checkpoint
 """
 from __future__ import annotations
 
@@ -227,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--impl", choices=backend.IMPLS + ("auto",), default=None,
                         help="force the ddim_step implementation (default: automatic)")
     p_demo.set_defaults(func=cmd_demo, subparser=p_demo)
+
+    from .train.commands import add_parsers
+    add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,179 @@
+"""``fastgen train ddpm`` and ``fastgen sample``: the trainer and the sampler from the command line.
+
+    fastgen train ddpm --data shapes --size 16 --steps 2000 --out runs/ddpm
+    torchrun --nproc_per_node=2 -m fastgen train ddpm --data shapes --out runs/ddpm   # data parallel
+    fastgen train ddpm --out runs/ddpm --resume --steps 1000                           # 1000 more steps
+    fastgen sample --checkpoint runs/ddpm --sampler ddim --steps 50 --guidance 3 --out grid.png
+
+Bad settings, a missing data folder or a bad checkpoint print one line and exit non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+SAMPLERS = ("ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_3m")
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, NotADirectoryError)
+
+
+def _device(name):
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available")
+    return dev
+
+
+def _fail(command: str, exc: BaseException) -> int:
+    print(f"fastgen {command}: error: {exc}", file=sys.stderr)
+    return 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..data import load_dataset
+    from ..diffusion import GaussianDiffusion, make_schedule
+    from ..models.unet import UNet
+    from . import DiffusionTrainer, init_distributed, latest_checkpoint
+
+    try:
+        device = _device(args.device)
+        info = init_distributed(device=device)
+        if device.type == "cuda" and info.enabled:
+            device = torch.device("cuda", info.local_rank)
+        data = load_dataset(args.data, args.size)
+        num_classes = None if args.unconditional else getattr(data, "num_classes", None)
+        torch.manual_seed(args.seed)
+        model = UNet.from_preset(args.preset, image_size=args.size, in_channels=data[0][0].shape[0],
+                                 num_classes=num_classes, dropout=args.dropout)
+        diffusion = GaussianDiffusion(model, make_schedule(args.schedule), prediction_type=args.prediction_type,
+                                      num_classes=num_classes, p_uncond=args.p_uncond)
+        trainer = DiffusionTrainer(
+            diffusion, data, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+            grad_clip=args.grad_clip if args.grad_clip > 0 else None,
+            ema_decay=args.ema_decay if args.ema_decay > 0 else None, bf16=args.bf16, seed=args.seed,
+            out_dir=args.out, log_every=args.log_every, sample_every=args.sample_every,
+            checkpoint_every=args.checkpoint_every, sample_steps=args.sample_steps, guidance_scale=args.guidance,
+            num_workers=args.num_workers, progress=not args.no_progress, device=device)
+        if args.resume:
+            src = Path(args.out) if args.resume == "auto" else Path(args.resume)
+            if args.resume != "auto" or latest_checkpoint(src / "checkpoints") is not None:
+                step = trainer.load_checkpoint(src)
+                if info.is_main:
+                    print(f"resumed from step {step}", file=sys.stderr)
+        summary = trainer.train(args.steps)
+        if info.is_main:
+            grid = trainer.save_samples(Path(args.out) / "samples" / "final.png")
+            print(f"trained {summary['steps']} steps ({summary['it_per_s']:.2f} it/s on {info.world_size} "
+                  f"process(es)), loss {summary['loss']:.4f}; checkpoints in {Path(args.out) / 'checkpoints'}, "
+                  f"samples in {grid}")
+    except USER_ERRORS as exc:
+        return _fail("train", exc)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from ..images import save_image_grid
+    from . import latest_checkpoint, load_diffusion
+
+    try:
+        device = _device(args.device)
+        path = Path(args.checkpoint)
+        if path.is_dir():
+            path = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path) or path
+            if path.is_dir():
+                raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no step_*.safetensors checkpoint there")
+        diffusion = load_diffusion(path, ema=not args.no_ema, device=device)
+        shape = (args.num_images, diffusion.model.in_channels, diffusion.model.image_size, diffusion.model.image_size)
+        labels = None
+        if diffusion.num_classes is not None:
+            if args.class_label is not None and not 0 <= args.class_label < diffusion.num_classes:
+                raise ValueError(f"--class-label must be in [0, {diffusion.num_classes - 1}], got {args.class_label}")
+            labels = (torch.full((args.num_images,), args.class_label) if args.class_label is not None
+                      else torch.arange(args.num_images) % diffusion.num_classes)
+        elif args.class_label is not None:
+            raise ValueError("--class-label: this model is unconditional")
+        images = diffusion.sample(shape, sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance,
+                                  class_labels=labels, generator=torch.Generator(device).manual_seed(args.seed),
+                                  progress=not args.no_progress, sampler_kwargs={"clip_sample": not args.no_clip})
+        w, h = save_image_grid(images, args.out, upscale=max(1, 64 // shape[-1]))
+        print(f"wrote {args.out} ({w}x{h}, {args.num_images} samples, {args.sampler} {args.steps} steps)")
+    except USER_ERRORS as exc:
+        return _fail("sample", exc)
+    return 0
+
+
+def _bounded(kind, strict: bool):
+    """An argparse type: ``kind`` and > 0 (``strict``) or >= 0."""
+    def parse(text):
+        v = kind(text)
+        if v < 0 or (strict and v == 0):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} 0, got {text}")
+        return v
+    return parse
+
+
+def _positive(kind):
+    return _bounded(kind, True)
+
+
+def _non_negative(kind):
+    return _bounded(kind, False)
+
+
+def add_parsers(sub) -> None:
+    """Register ``train`` and ``sample`` on the ``fastgen`` sub-command parser."""
+    from ..models.unet import PRESETS
+
+    p_train = sub.add_parser("train", help="train a model (torchrun-compatible)",
+                             description="Train a model on the embedded dataset ('shapes'), scikit-learn's digits "
+                                         "or a folder of images.")
+    models = p_train.add_subparsers(dest="model", metavar="MODEL", required=True)
+    p = models.add_parser("ddpm", help="a diffusion U-Net (DDPM objective, EMA, sample grids, checkpoints)")
+    p.add_argument("--data", default="shapes", help="'shapes' (embedded, default), 'digits' or a folder of images")
+    p.add_argument("--size", type=_positive(int), default=16, help="image size (default 16)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="U-Net preset (default tiny)")
+    p.add_argument("--dropout", type=_non_negative(float), default=0.0, help="ResBlock dropout (default 0)")
+    p.add_argument("--schedule", choices=("linear", "cosine", "scaled_linear", "sigmoid"), default="linear")
+    p.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
+    p.add_argument("--unconditional", action="store_true", help="ignore the dataset's labels")
+    p.add_argument("--p-uncond", type=_non_negative(float), default=0.1, help="CFG label dropout (default 0.1)")
+    p.add_argument("--steps", type=_non_negative(int), default=1000, help="training steps to run (default 1000)")
+    p.add_argument("--batch-size", type=_positive(int), default=64, help="global batch (default 64)")
+    p.add_argument("--lr", type=_positive(float), default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--warmup-steps", type=_non_negative(int), default=100)
+    p.add_argument("--grad-clip", type=_non_negative(float), default=1.0, help="0: no clipping (default 1)")
+    p.add_argument("--ema-decay", type=_non_negative(float), default=0.999, help="0: no EMA (default 0.999)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
+    p.add_argument("--seed", type=_non_negative(int), default=0)
+    p.add_argument("--out", default="runs/ddpm", help="output folder (default runs/ddpm)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from the newest checkpoint in --out (or from the given file/folder)")
+    p.add_argument("--log-every", type=_non_negative(int), default=50)
+    p.add_argument("--sample-every", type=_non_negative(int), default=500)
+    p.add_argument("--checkpoint-every", type=_non_negative(int), default=500)
+    p.add_argument("--sample-steps", type=_positive(int), default=50)
+    p.add_argument("--guidance", type=_non_negative(float), default=2.0, help="CFG scale of the sample grids")
+    p.add_argument("--num-workers", type=_non_negative(int), default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train, subparser=p)
+
+    s = sub.add_parser("sample", help="sample a PNG grid from a training checkpoint",
+                       description="Sample from a 'fastgen train ddpm' checkpoint (file or run folder).")
+    s.add_argument("--checkpoint", required=True, help="a step_*.safetensors file or a run folder")
+    s.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    s.add_argument("--steps", type=_positive(int), default=50)
+    s.add_argument("--guidance", type=_non_negative(float), default=1.0, help="classifier-free guidance scale")
+    s.add_argument("--num-images", type=_positive(int), default=16)
+    s.add_argument("--class-label", type=int, default=None, help="one class for all (default: cycle)")
+    s.add_argument("--seed", type=_non_negative(int), default=0)
+    s.add_argument("--no-ema", action="store_true", help="the raw trained weights instead of the EMA")
+    s.add_argument("--no-clip", action="store_true", help="do not clamp x0 predictions to [-1, 1]")
+    s.add_argument("--out", default="samples.png")
+    s.add_argument("--device", default=None)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_sample, subparser=s)

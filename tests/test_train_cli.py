@@ -1,0 +1,74 @@
+"""``fastgen train ddpm`` and ``fastgen sample`` with tiny settings (seconds)."""
+from __future__ import annotations
+
+import pytest
+
+from fastgen.cli import main
+from fastgen.train import checkpoint as ckpt
+
+TINY = ["--size", "8", "--batch-size", "8", "--sample-steps", "2", "--no-progress", "--log-every", "1"]
+
+
+def _png_ok(path):
+    from PIL import Image
+    with Image.open(path) as im:
+        im.verify()
+        return im.size
+
+
+def test_train_resume_and_sample(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "ddpm", *TINY, "--steps", "4", "--checkpoint-every", "2", "--sample-every", "2",
+                 "--out", str(out)]) == 0
+    assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")] == [2, 4]
+    _png_ok(out / "samples" / "step_00000002.png")
+    _png_ok(out / "samples" / "final.png")
+    assert "trained 4 steps" in capsys.readouterr().out
+
+    assert main(["train", "ddpm", *TINY, "--steps", "2", "--out", str(out), "--resume"]) == 0
+    assert ckpt.list_checkpoints(out / "checkpoints")[-1][0] == 6
+    assert "resumed from step 4" in capsys.readouterr().err
+
+    png = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(out), "--steps", "2", "--num-images", "4", "--guidance", "2",
+                 "--out", str(png), "--no-progress"]) == 0
+    assert _png_ok(png) == (2 + 2 * (8 * 8 + 2),) * 2  # 2x2 cells of 8px upscaled 8x, 2px padding
+    assert main(["sample", "--checkpoint", str(out / "checkpoints" / "step_00000006.safetensors"), "--steps", "2",
+                 "--num-images", "2", "--class-label", "3", "--sampler", "euler", "--no-ema",
+                 "--out", str(png), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "ddpm", "--data", "/no/such/folder", "--steps", "1"], "/no/such/folder"),
+    (["sample", "--checkpoint", "/no/such.safetensors"], "does not exist"),
+])
+def test_user_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_bad_checkpoint_file_and_class_label(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage" * 20)
+    assert main(["sample", "--checkpoint", str(bad)]) == 1
+    assert "bad.safetensors" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert main(["train", "ddpm", *TINY, "--steps", "1", "--out", str(out), "--sample-every", "0"]) == 0
+    assert main(["sample", "--checkpoint", str(out), "--class-label", "7", "--steps", "1"]) == 1
+    assert "--class-label" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["sample", "--checkpoint", str(empty)]) == 1
+    assert "no step_" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "ddpm", "--steps", "-1"], ["train", "ddpm", "--batch-size", "0"], ["train", "gan"],
+    ["sample"], ["sample", "--checkpoint", "x", "--sampler", "nope"],
+])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
