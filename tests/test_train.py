@@ -249,6 +249,22 @@ def test_nonfinite_loss_is_reported_and_not_checkpointed(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [1]
 
 
+def test_ctrl_c_writes_a_checkpoint(tmp_path, monkeypatch):
+    tr = small_trainer(out_dir=tmp_path)
+    real_step, calls = tr.step, []
+
+    def step():
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step()
+
+    monkeypatch.setattr(tr, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(10)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [2]
+
+
 def test_sample_uses_ema_weights_and_labels():
     tr = small_trainer(ema_decay=0.5)
     tr.train(2)

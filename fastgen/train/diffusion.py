@@ -282,7 +282,8 @@ class DiffusionTrainer:
     # ------------------------------------------------------------------ the loop
     def train(self, steps: int) -> Dict[str, Any]:
         """Run ``steps`` more steps with progress, logging, sample grids and checkpoints; at the end
-        (and on Ctrl-C) a checkpoint is written when ``out_dir`` is set. Returns a summary dict."""
+        (and on Ctrl-C in a single-process run) a checkpoint is written when ``out_dir`` is set. A
+        non-finite loss raises FloatingPointError on every process. Returns a summary dict."""
         _check("steps", steps, numbers.Integral, minimum=0)
         end = self.step_count + steps
         bar = None
@@ -294,7 +295,9 @@ class DiffusionTrainer:
         try:
             while self.step_count < end:
                 loss = self.step()
-                if not torch.isfinite(loss):  # a sync per step; cheap next to a training step
+                # every process checks the mean over all of them, so all stop together (no hang);
+                # a sync per step, cheap next to a training step
+                if not torch.isfinite(D.all_reduce_mean(loss)):
                     raise FloatingPointError(f"the loss is {float(loss)} at step {self.step_count} "
                                              "(no checkpoint written for this step)")
                 window_loss += loss
@@ -314,7 +317,9 @@ class DiffusionTrainer:
                 if self.checkpoint_every and s % self.checkpoint_every == 0:
                     self.save_checkpoint()
         except KeyboardInterrupt:
-            if self.out_dir is not None:
+            # single-process only: saving gathers RNG states from every process, and after Ctrl-C
+            # the others may be anywhere (a collective could hang); they keep their periodic ones
+            if self.out_dir is not None and not self.dist.enabled:
                 self.save_checkpoint()
             raise
         finally:
