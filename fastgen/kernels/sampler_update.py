@@ -13,7 +13,6 @@ sin/cos are Triton's (libdevice on GPUs), the angle reduced to [-pi/4, pi/4] fir
 product 2*pi*u does not cost accuracy.
 """
 import functools
-import math
 from typing import Optional
 
 import torch
