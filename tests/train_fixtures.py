@@ -50,7 +50,7 @@ def _worker(out_dir: str, steps: int) -> None:
 
     info = init_distributed()
     assert info.world_size == 2, info
-    tr = small_trainer()
+    tr = small_trainer(model_seed=info.rank)  # DDP must broadcast process 0's initial weights (and EMA copy them)
     losses = [float(D.all_reduce_mean(tr.step())) for _ in range(steps)]
     if info.is_main:
         out = Path(out_dir)

@@ -191,11 +191,11 @@ class DiffusionTrainer:
         self.keep_checkpoints, self.num_workers, self.progress = keep_checkpoints, num_workers, progress
 
         self.optimizer = self._make_optimizer(lr, tuple(betas), weight_decay, eps)
-        self.ema = EMA(self.model, ema_decay, warmup=ema_warmup) if ema_decay is not None else None
         self.ddp = None
-        if self.dist.enabled:
+        if self.dist.enabled:  # wraps first: DDP broadcasts process 0's weights, which the EMA then copies
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.diffusion, device_ids=ids)
+        self.ema = EMA(self.model, ema_decay, warmup=ema_warmup) if ema_decay is not None else None
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.step_count = 0
         self._last_grad_norm: Optional[torch.Tensor] = None
