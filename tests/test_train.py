@@ -231,6 +231,20 @@ def test_sampling_does_not_disturb_training(tmp_path):
     _assert_same(trainer_tensors(a), trainer_tensors(b), "with vs without sample grids")
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_lr_schedules(schedule):
+    tr = small_trainer(lr=1.0, warmup_steps=4, lr_schedule=schedule, decay_steps=None if schedule == "constant" else 12)
+    lrs = [tr._lr_at(s) for s in range(16)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    if schedule == "constant":
+        assert lrs[4:] == [1.0] * 12
+    else:
+        assert lrs[4] == 1.0 and lrs[12:] == [0.0] * 4 and all(a > b for a, b in zip(lrs[4:12], lrs[5:13]))
+        assert lrs[8] == pytest.approx(0.5)  # half way through the decay: both schedules at 0.5
+    tr.train(2)
+    assert tr.optimizer.param_groups[0]["lr"] == lrs[1]
+
+
 def test_bf16_autocast_step():
     fp32, bf16 = small_trainer(), small_trainer(bf16=True)
     l32, l16 = float(fp32.step()), float(bf16.step())
@@ -296,6 +310,8 @@ def test_load_diffusion_rebuilds_the_sampling_model(tmp_path):
     (dict(batch_size=0), "batch_size"), (dict(lr=-1.0), "lr"), (dict(grad_clip=-1.0), "grad_clip"),
     (dict(ema_decay=1.0), "ema_decay"), (dict(betas=(0.9,)), "betas"), (dict(keep_checkpoints=0), "keep_checkpoints"),
     (dict(sample_every=1.5), "sample_every"), (dict(bf16="yes"), "bf16"), (dict(seed=-1), "seed"),
+    (dict(lr_schedule="step"), "lr_schedule"), (dict(lr_schedule="cosine"), "decay_steps"),
+    (dict(lr_schedule="linear", decay_steps=1), "decay_steps"),
 ])
 def test_bad_settings_name_the_argument(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -25,7 +25,8 @@ def test_train_resume_and_sample(tmp_path, capsys):
     _png_ok(out / "samples" / "final.png")
     assert "trained 4 steps" in capsys.readouterr().out
 
-    assert main(["train", "ddpm", *TINY, "--steps", "2", "--out", str(out), "--resume"]) == 0
+    assert main(["train", "ddpm", *TINY, "--steps", "2", "--out", str(out), "--resume", "--lr-schedule", "cosine",
+                 "--decay-steps", "200"]) == 0
     assert ckpt.list_checkpoints(out / "checkpoints")[-1][0] == 6
     assert "resumed from step 4" in capsys.readouterr().err
 
@@ -40,6 +41,7 @@ def test_train_resume_and_sample(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "ddpm", "--data", "/no/such/folder", "--steps", "1"], "/no/such/folder"),
+    (["train", "ddpm", "--size", "8", "--lr-schedule", "cosine", "--steps", "1"], "decay_steps"),
     (["sample", "--checkpoint", "/no/such.safetensors"], "does not exist"),
 ])
 def test_user_errors_are_one_line(argv, message, capsys):

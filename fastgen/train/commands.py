@@ -53,6 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       num_classes=num_classes, p_uncond=args.p_uncond)
         trainer = DiffusionTrainer(
             diffusion, data, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+            lr_schedule=args.lr_schedule, decay_steps=args.decay_steps,
             grad_clip=args.grad_clip if args.grad_clip > 0 else None,
             ema_decay=args.ema_decay if args.ema_decay > 0 else None, bf16=args.bf16, seed=args.seed,
             out_dir=args.out, log_every=args.log_every, sample_every=args.sample_every,
@@ -145,6 +146,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=_positive(int), default=64, help="global batch (default 64)")
     p.add_argument("--lr", type=_positive(float), default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--warmup-steps", type=_non_negative(int), default=100)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant",
+                   help="after the warm-up: constant (default), or decay to 0 at --decay-steps")
+    p.add_argument("--decay-steps", type=_positive(int), default=None,
+                   help="the step (counted from the start of training, across resumes) where the lr reaches 0")
     p.add_argument("--grad-clip", type=_non_negative(float), default=1.0, help="0: no clipping (default 1)")
     p.add_argument("--ema-decay", type=_non_negative(float), default=0.999, help="0: no EMA (default 0.999)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")

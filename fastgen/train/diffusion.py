@@ -12,6 +12,7 @@ step, the trainer's generator and every process's global RNG (dropout draws from
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import time
 import warnings
@@ -101,6 +102,8 @@ class DiffusionTrainer:
         batch_size: the **global** batch (split evenly over the processes of a distributed run).
         lr, betas, weight_decay, eps: AdamW (fused when the device supports it).
         warmup_steps: linear learning-rate warm-up from 0.
+        lr_schedule: after the warm-up, ``"constant"`` (ADM), or ``"cosine"`` / ``"linear"`` decay to
+            0 at step ``decay_steps`` (then 0).
         grad_clip: clip the global gradient norm to this (None: no clipping).
         ema_decay: EMA decay (None: no EMA); ``ema_warmup`` as in :class:`EMA`.
         bf16: run the forward pass under ``torch.autocast(dtype=bfloat16)`` (weights, optimizer
@@ -124,7 +127,8 @@ class DiffusionTrainer:
 
     def __init__(self, diffusion: GaussianDiffusion, dataset, *, batch_size: int = 64, lr: float = 2e-4,
                  betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.0, eps: float = 1e-8,
-                 warmup_steps: int = 0, grad_clip: Optional[float] = 1.0, ema_decay: Optional[float] = 0.9999,
+                 warmup_steps: int = 0, lr_schedule: str = "constant", decay_steps: Optional[int] = None,
+                 grad_clip: Optional[float] = 1.0, ema_decay: Optional[float] = 0.9999,
                  ema_warmup: bool = True, bf16: bool = False, seed: int = 0,
                  out_dir: Optional[Union[str, Path]] = None, log_every: int = 50, sample_every: int = 0,
                  checkpoint_every: int = 0, keep_checkpoints: int = 2, sample_count: int = 16,
@@ -144,6 +148,10 @@ class DiffusionTrainer:
         if len(betas) != 2 or not all(isinstance(b, R) and 0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         _check("warmup_steps", warmup_steps, I, minimum=0)
+        if lr_schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"lr_schedule must be 'constant', 'cosine' or 'linear', got {lr_schedule!r}")
+        if lr_schedule != "constant":
+            _check("decay_steps", decay_steps, I, minimum=warmup_steps + 1)
         _check("grad_clip", grad_clip, R, minimum=0, allow_none=True)
         _check("ema_decay", ema_decay, R, minimum=0, maximum=0.999999999, allow_none=True)
         _check("seed", seed, I, minimum=0)
@@ -181,7 +189,8 @@ class DiffusionTrainer:
 
         self.config: Dict[str, Any] = dict(
             batch_size=batch_size, lr=float(lr), betas=[float(b) for b in betas], weight_decay=float(weight_decay),
-            eps=float(eps), warmup_steps=warmup_steps, grad_clip=None if grad_clip is None else float(grad_clip),
+            eps=float(eps), warmup_steps=warmup_steps, lr_schedule=lr_schedule, decay_steps=decay_steps,
+            grad_clip=None if grad_clip is None else float(grad_clip),
             ema_decay=None if ema_decay is None else float(ema_decay), ema_warmup=bool(ema_warmup), bf16=bf16,
             seed=seed, sample_count=sample_count, sample_steps=sample_steps, sampler=sampler,
             guidance_scale=float(guidance_scale), clip_sample=clip_sample, image_shape=list(self.image_shape),
@@ -238,8 +247,14 @@ class DiffusionTrainer:
 
     # ------------------------------------------------------------------ one step
     def _lr_at(self, step: int) -> float:
-        w = self.config["warmup_steps"]
-        return self.config["lr"] * (min(1.0, (step + 1) / w) if w else 1.0)
+        cfg = self.config
+        w, lr = cfg["warmup_steps"], cfg["lr"]
+        if step < w:
+            return lr * (step + 1) / w
+        if cfg["lr_schedule"] == "constant":
+            return lr
+        frac = min(1.0, (step - w) / (cfg["decay_steps"] - w))  # 0 right after the warm-up, 1 at decay_steps
+        return lr * (0.5 * (1.0 + math.cos(math.pi * frac)) if cfg["lr_schedule"] == "cosine" else 1.0 - frac)
 
     def _draw(self, n_local: int):
         """The step's timesteps, noise and label-dropout mask for the global batch; this rank's slice."""
