@@ -245,6 +245,13 @@ def test_lr_schedules(schedule):
     assert tr.optimizer.param_groups[0]["lr"] == lrs[1]
 
 
+def test_dataloader_workers_give_the_same_batches():
+    a, b = small_trainer(), small_trainer(num_workers=1)
+    for _ in range(2):
+        a.step(), b.step()
+    _assert_same(trainer_tensors(a), trainer_tensors(b), "num_workers=0 vs 1")
+
+
 def test_bf16_autocast_step():
     fp32, bf16 = small_trainer(), small_trainer(bf16=True)
     l32, l16 = float(fp32.step()), float(bf16.step())
