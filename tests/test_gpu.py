@@ -401,3 +401,29 @@ def test_group_norm_cuda_compile_fullgraph():
 
     torch._dynamo.reset()
     assert_close(torch.compile(f, fullgraph=True)(x), f(x))
+
+
+# ----------------------------------------------------------------------------- the trainer on CUDA
+def _cuda_trainer(**kw):
+    from train_fixtures import small_trainer
+    return small_trainer(device="cuda", **kw)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_trainer_cuda_resume_continues_the_run(tmp_path, bf16):
+    """save -> load -> continue on CUDA equals the uninterrupted run (deterministic cuDNN; the
+    trainer's generator is a CUDA generator, restored from the checkpoint)."""
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    a = _cuda_trainer(dropout=0.2, bf16=bf16)
+    a.train(6)
+    b = _cuda_trainer(dropout=0.2, bf16=bf16)
+    b.train(3)
+    path = b.save_checkpoint(tmp_path / "c.safetensors")
+    c = _cuda_trainer(dropout=0.2, bf16=bf16, model_seed=7)
+    c.load_checkpoint(path)
+    c.train(3)
+    for (k, pa), pc in zip(a.model.named_parameters(), c.model.parameters()):
+        assert pa.device.type == "cuda"
+        torch.testing.assert_close(pc, pa, rtol=1e-5, atol=1e-6, msg=k)
+    assert a.generator.get_state().equal(c.generator.get_state())
+
