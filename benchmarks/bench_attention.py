@@ -1,0 +1,89 @@
+"""attention: fastgen.functional.attention against the textbook eager formula
+``softmax(q k^T / sqrt(d)) v`` (which materialises the N x N matrix) and torch's own SDPA, on the
+same inputs, fp32, (B, H, N, d) = (4, 4, N, 64).
+
+* ``fwd``: the output only; ``fwd+bwd``: the output and dq, dk, dv for a fixed upstream grad.
+* N = 1024 (fwd, fwd+bwd) and 4096 (fwd; with timing enabled it also records the peak resident
+  memory of a fresh process running each contender once: O(N) extra memory vs O(N^2)).
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgen import backend
+from fastgen.functional import attention
+from harness import compare
+
+B, H, D = 4, 4, 64
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+def naive(q, k, v):
+    return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+
+def sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _with_grads(fn, args, go):
+    def run():
+        out = fn(*args)
+        return (out.detach(),) + tuple(torch.autograd.grad(out, args, go))
+    return run
+
+
+# VmHWM (peak RSS of this process image; unlike ru_maxrss it does not inherit the parent's peak)
+_PEAK_SCRIPT = """
+import sys, torch
+from fastgen.functional import attention
+
+def hwm_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+n, kind = int(sys.argv[1]), sys.argv[2]
+q, k, v = (torch.randn(4, 4, n, 64) for _ in range(3))
+base = hwm_kb()
+if kind == "fastgen":
+    attention(q, k, v)
+elif kind == "sdpa":
+    torch.nn.functional.scaled_dot_product_attention(q, k, v)
+else:
+    torch.softmax(q @ k.transpose(-1, -2) * 0.125, dim=-1) @ v
+print((hwm_kb() - base) / 1024)
+"""
+
+
+def _peak_extra_mb(n: int, kind: str) -> float:
+    """Peak resident memory (MB) a fresh process adds running one forward (inputs already allocated)."""
+    res = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(n), kind], capture_output=True, text=True,
+                         timeout=300, check=True)
+    return float(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n, mode", [(1024, "fwd"), (1024, "fwd+bwd"), (4096, "fwd")])
+def test_attention_fp32(benchmark, device, n, mode):
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    args = tuple(torch.randn(B, H, n, D, generator=g).to(dev) for _ in range(3))
+    if mode == "fwd":
+        fast = lambda: attention(*args)  # noqa: E731
+        baselines = {"eager": lambda: naive(*args), "sdpa": lambda: sdpa(*args)}
+    else:
+        args = tuple(a.requires_grad_() for a in args)
+        go = torch.randn(B, H, n, D, generator=g).to(dev)
+        fast = _with_grads(attention, args, go)
+        baselines = {"eager": _with_grads(naive, args, go), "sdpa": _with_grads(sdpa, args, go)}
+    info = compare(benchmark, fast, baselines, device=dev, rtol=1e-4, atol=1e-5, heavy=n >= 4096,
+                   group=f"attention {mode} fp32 (B, H, N, d) = {(B, H, n, D)}")
+    info.update(impl=backend.resolve("attention", dev), n=n, mode=mode)
+    if n >= 4096 and dev.type == "cpu" and sys.platform == "linux" and not getattr(benchmark, "disabled", False):
+        for kind in ("fastgen", "sdpa", "eager"):
+            info[f"{kind}_peak_extra_MB"] = round(_peak_extra_mb(n, "naive" if kind == "eager" else kind), 1)

@@ -1,0 +1,281 @@
+r"""Scaled dot-product attention with ``torch.nn.functional.scaled_dot_product_attention``'s
+semantics, as a custom op whose gradient is itself differentiable (gradient penalties through
+self-attention discriminators need the second order, which torch's fused SDPA kernels lack).
+
+    out = softmax(q k^T * scale + mask) v        (scale default 1 / sqrt(head_dim))
+
+``mask``: boolean (True = attend) or additive float, broadcastable to ``(B, H, N_q, N_kv)``. A query
+row with every key masked gives 0 (as torch's SDPA), not NaN.
+
+Implementations (see fastgen.backend), this first version:
+  torch   on CPU the op ``torch.ops.fastgen.attention`` runs ATen's fused flash-attention CPU kernel
+          (tiled, online softmax, O(N) extra memory; it saves the log-sum-exp) and
+          ``attention_backward`` its fused backward; on other devices (and for a value head dim
+          different from the query's) it calls the public SDPA and recomputes the forward in the
+          backward. The backward op's own autograd
+          differentiates :func:`attention_reference`, so ``create_graph=True`` works (double
+          backward, at reference cost: O(N^2) memory for that order).
+  attention_reference — the oracle: explicit softmax in fp32 (float64 stays float64); also the
+          path for ``dropout_p > 0`` (dropout mask from ``generator``) and for masks that require grad.
+The Triton flash-attention kernels and fastgen's own tiled CPU kernel come next (issue 5).
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import backend
+
+OP = "attention"
+LAYOUTS = ("bhnd", "bnhd")
+
+backend.register_op(
+    backend.OpSpec(
+        name=OP,
+        impls=("torch",),
+        preference={"cpu": ("torch",), "cuda": ("torch",)},
+        notes="scaled dot-product attention (SDPA semantics) with a twice-differentiable backward",
+    )
+)
+
+
+# ----------------------------------------------------------------------------- reference
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _softmax_probs(q, k, mask, scale, ct):
+    """The attention weights P in ``ct`` (fully masked rows all 0), as the reference computes them."""
+    s = torch.matmul(q.to(ct), k.to(ct).transpose(-1, -2)) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(ct)
+    m = s.detach().amax(dim=-1, keepdim=True)  # softmax is shift-invariant: no gradient through m
+    p = torch.exp(s - torch.where(torch.isfinite(m), m, torch.zeros_like(m)))  # masked rows: exp(-inf) = 0
+    denom = p.sum(dim=-1, keepdim=True)
+    return p / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
+                        attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """softmax(q k^T scale + mask) v on ``(B, H, N, D)`` tensors, explicit, differentiable to any order.
+
+    fp32 math for half inputs; fully masked rows give 0. ``dropout_p`` zeroes attention weights
+    with a mask drawn from ``generator`` (rescaled by 1 / (1 - p)).
+    """
+    ct = _compute_dtype(q.dtype)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    p = _softmax_probs(q, k, attn_mask, scale, ct)
+    if dropout_p > 0:
+        keep = torch.rand(p.shape, generator=generator, device=p.device, dtype=ct) >= dropout_p
+        p = p * keep / (1.0 - dropout_p)
+    return torch.matmul(p, v.to(ct)).to(q.dtype)
+
+
+# ----------------------------------------------------------------------------- custom ops
+_aten = torch.ops.aten
+
+
+def _unit_stride(*ts: torch.Tensor) -> tuple:
+    """ATen's CPU flash kernels read rows as unit-stride: a strided head dim gives garbage (NaN)."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in ts)
+
+
+def _flash_cpu(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """ATen's flash CPU kernel runs (CPU tensors, value head dim = query head dim); else the public SDPA."""
+    return q.device.type == "cpu" and v.shape[-1] == q.shape[-1]
+
+
+@torch.library.custom_op("fastgen::attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse); ``mask`` additive in q's dtype. lse is empty where the kernel does not give one."""
+    if _flash_cpu(q, v):
+        q, k, v = _unit_stride(q, k, v)
+        out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
+                                                                      scale=scale)
+        return out.contiguous(), lse.contiguous()
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return out.contiguous(), q.new_empty((0,), dtype=torch.float32)
+
+
+@_attention_op.register_fake
+def _(q, k, v, mask, scale):
+    B, H, Nq, _ = q.shape
+    out = q.new_empty((B, H, Nq, v.shape[-1]))
+    lse = q.new_empty((B, H, Nq), dtype=torch.float32 if q.dtype != torch.float64 else torch.float64) \
+        if _flash_cpu(q, v) else q.new_empty((0,), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("fastgen::attention_backward", mutates_args=())
+def _attention_backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           out: torch.Tensor, lse: torch.Tensor, mask: Optional[torch.Tensor],
+                           scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if _flash_cpu(q, v):
+        q, k, v = _unit_stride(q, k, v)
+        gq, gk, gv = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_out.contiguous(), q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale)
+        return gq.contiguous(), gk.contiguous(), gv.contiguous()
+    return _math_backward(grad_out, q, k, v, mask, scale)
+
+
+def _math_backward(grad_out, q, k, v, mask, scale):
+    """dq, dk, dv from the recomputed weights (O(N_q N_kv) memory), for where no fused backward runs:
+    dV = P^T dO, dS = P (dO V^T - rowsum(dO O)), dQ = scale dS K, dK = scale dS^T Q."""
+    ct = _compute_dtype(q.dtype)
+    p = _softmax_probs(q, k, mask, scale, ct)
+    go = grad_out.to(ct)
+    dv = torch.matmul(p.transpose(-1, -2), go)
+    dp = torch.matmul(go, v.to(ct).transpose(-1, -2))
+    ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+    dq = torch.matmul(ds, k.to(ct)) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q.to(ct)) * scale
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+@_attention_backward_op.register_fake
+def _(grad_out, q, k, v, out, lse, mask, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_fwd(ctx, inputs, output):
+    q, k, v, mask, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, mask)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward_fwd(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, mask = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None, None
+    gq, gk, gv = torch.ops.fastgen.attention_backward(grad_out, q, k, v, out, lse, mask, ctx.scale)
+    return gq, gk, gv, None, None
+
+
+def _setup_bwd(ctx, inputs, output):
+    grad_out, q, k, v, _out, _lse, mask, scale = inputs
+    ctx.save_for_backward(grad_out, q, k, v, mask)
+    ctx.scale = scale
+
+
+def _backward_bwd(ctx, ugq, ugk, ugv):
+    """Double backward: grads of <(gq, gk, gv), (ugq, ugk, ugv)> w.r.t. (grad_out, q, k, v), by
+    differentiating the reference's first backward (built on the saved tensors, so higher orders
+    work as well)."""
+    grad_out, q, k, v, mask = ctx.saved_tensors
+    need = ctx.needs_input_grad[:4]
+    res = [None] * 8
+    ups = [(t, u) for t, u in zip((q, k, v), (ugq, ugk, ugv)) if u is not None]
+    if not ups or not any(need):
+        return tuple(res)
+    with torch.enable_grad():
+        leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in (grad_out, q, k, v)]
+        go, ql, kl, vl = leaves
+        o = attention_reference(ql, kl, vl, scale=ctx.scale, attn_mask=mask)
+        firsts = torch.autograd.grad(o, (ql, kl, vl), go.to(o.dtype), create_graph=True)
+        outs, us = zip(*[(f, u.to(f.dtype)) for f, u in zip(firsts, (ugq, ugk, ugv)) if u is not None])
+        wanted = [i for i in range(4) if need[i]]
+        grads = torch.autograd.grad(outs, [leaves[i] for i in wanted], us, allow_unused=True,
+                                    create_graph=torch.is_grad_enabled())
+    for i, g in zip(wanted, grads):
+        res[i] = torch.zeros_like(leaves[i]) if g is None else g
+    return tuple(res)
+
+
+torch.library.register_autograd("fastgen::attention", _backward_fwd, setup_context=_setup_fwd)
+torch.library.register_autograd("fastgen::attention_backward", _backward_bwd, setup_context=_setup_bwd)
+
+
+# ----------------------------------------------------------------------------- public API
+def _check_tensors(q, k, v, layout):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"fastgen.attention: {name} must be a tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"fastgen.attention: {name} must be 4-D ({layout}: "
+                             f"{'(B, H, N, D)' if layout == 'bhnd' else '(B, N, H, D)'}), got shape {tuple(t.shape)}")
+        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            raise TypeError(f"fastgen.attention: {name} must be float32/float16/bfloat16/float64, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"fastgen.attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"fastgen.attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+
+
+def _check_shapes(q, k, v, attn_mask, scale, dropout_p):
+    """Shapes (in bhnd), mask, scale and dropout."""
+    if q.shape[0] != k.shape[0] or k.shape[0] != v.shape[0]:
+        raise ValueError(f"fastgen.attention: batch sizes differ: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}")
+    if q.shape[1] != k.shape[1] or k.shape[1] != v.shape[1]:
+        raise ValueError(f"fastgen.attention: head counts differ: q {q.shape[1]}, k {k.shape[1]}, v {v.shape[1]}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"fastgen.attention: q and k head dims differ: {q.shape[-1]} vs {k.shape[-1]}")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"fastgen.attention: k and v sequence lengths differ: {k.shape[2]} vs {v.shape[2]}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale)):
+        raise ValueError(f"fastgen.attention: scale must be a finite number or None, got {scale!r}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, Real) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"fastgen.attention: dropout_p must be in [0, 1), got {dropout_p!r}")
+    if attn_mask is not None:
+        if not isinstance(attn_mask, torch.Tensor):
+            raise TypeError(f"fastgen.attention: attn_mask must be a tensor or None, got {type(attn_mask).__name__}")
+        if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+            raise TypeError(f"fastgen.attention: attn_mask must be bool or floating, got {attn_mask.dtype}")
+        if attn_mask.device != q.device:
+            raise ValueError(f"fastgen.attention: attn_mask is on {attn_mask.device}, q on {q.device}")
+        target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        try:
+            torch.broadcast_shapes(attn_mask.shape, target)
+        except RuntimeError:
+            raise ValueError(f"fastgen.attention: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
+                             f"(B, H, N_q, N_kv) = {target}") from None
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
+              attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0, layout: str = "bhnd",
+              generator: Optional[torch.Generator] = None, impl: Optional[str] = None) -> torch.Tensor:
+    """Scaled dot-product attention, a drop-in for ``F.scaled_dot_product_attention`` that also
+    supports double backward (``create_graph=True``).
+
+    Args:
+        q: queries ``(B, H, N_q, D)`` (``layout="bhnd"``) or ``(B, N_q, H, D)`` (``"bnhd"``).
+        k, v: keys ``(..., N_kv, D)`` and values ``(..., N_kv, D_v)`` in the same layout; ``N_kv``
+            may differ from ``N_q`` (cross-attention).
+        scale: default ``1 / sqrt(D)``.
+        attn_mask: bool (True = attend) or additive float, broadcastable to ``(B, H, N_q, N_kv)``.
+        dropout_p: attention-weight dropout (the reference path; ``generator`` draws the mask).
+        layout: ``"bhnd"`` or ``"bnhd"``; the output has q's layout.
+        impl: force an implementation (see the module docstring; only ``"torch"`` for now).
+
+    Returns ``(B, H, N_q, D_v)`` (or ``(B, N_q, H, D_v)``) in q's dtype.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"fastgen.attention: layout must be one of {LAYOUTS}, got {layout!r}")
+    _check_tensors(q, k, v, layout)
+    if layout == "bnhd":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    _check_shapes(q, k, v, attn_mask, scale, dropout_p)
+    backend.resolve(OP, q.device, impl)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if k.shape[2] == 0:  # nothing to attend to: 0 (as fully masked rows), still connected to the graph
+        out = v.new_zeros(q.shape[:3] + v.shape[-1:]) + 0 * (q.sum() + k.sum() + v.sum())
+    elif dropout_p > 0 or (attn_mask is not None and attn_mask.requires_grad) or q.shape[2] == 0:
+        out = attention_reference(q, k, v, scale=scale, attn_mask=attn_mask, dropout_p=float(dropout_p),
+                                  generator=generator)
+    else:
+        mask = attn_mask
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+            else:
+                mask = mask.to(q.dtype)
+        out = torch.ops.fastgen.attention(q, k, v, mask, scale)[0]
+    return out.transpose(1, 2) if layout == "bnhd" else out
