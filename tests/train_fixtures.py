@@ -56,7 +56,7 @@ def _worker(out_dir: str, steps: int) -> None:
         out = Path(out_dir)
         save_file({k: v.contiguous() for k, v in trainer_tensors(tr).items()}, str(out / "ddp.safetensors"))
         (out / "ddp_losses.json").write_text(json.dumps(losses))
-    torch.distributed.destroy_process_group()
+    D.shutdown()
 
 
 if __name__ == "__main__":

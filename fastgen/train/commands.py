@@ -38,6 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..diffusion import GaussianDiffusion, make_schedule
     from ..models.unet import UNet
     from . import DiffusionTrainer, init_distributed, latest_checkpoint
+    from .distributed import shutdown
 
     try:
         device = _device(args.device)
@@ -71,6 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"trained {summary['steps']} steps ({summary['it_per_s']:.2f} it/s on {info.world_size} "
                   f"process(es)), loss {summary['loss']:.4f}; checkpoints in {Path(args.out) / 'checkpoints'}, "
                   f"samples in {grid}")
+        shutdown()
     except USER_ERRORS as exc:
         return _fail("train", exc)
     return 0

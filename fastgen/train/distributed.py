@@ -88,3 +88,11 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 def barrier() -> None:
     if current().enabled:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly: a barrier first, so no process tears down its
+    communicator while another still uses it (an early exit can abort the process otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
