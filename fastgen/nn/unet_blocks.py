@@ -1,8 +1,8 @@
 """U-Net building blocks (DDPM / improved DDPM / ADM) on fastgen's fused ops.
 
 Every GroupNorm (+ time modulation) (+ SiLU) runs as one fused :func:`fastgen.functional.group_norm`
-call through :class:`GroupNormAct`. Attention uses torch's ``scaled_dot_product_attention`` until
-fastgen's fused attention op lands (the attention issue).
+call through :class:`GroupNormAct`. Attention runs :func:`fastgen.functional.attention` (SDPA
+semantics, twice differentiable, so gradient penalties through the U-Net work).
 
 Initialisation follows ADM (Dhariwal & Nichol 2021): PyTorch's default for convolutions and
 linears, except that the last convolution of each residual branch and the attention output
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..functional import attention
 from .norm import GroupNormAct
 
 
@@ -138,6 +139,6 @@ class AttentionBlock(nn.Module):
         t = math.prod(spatial)
         qkv = self.qkv(self.norm(x).reshape(b, c, t))                       # (B, 3C, T)
         q, k, v = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, t).permute(1, 0, 2, 4, 3)  # (B, h, T, d)
-        h = F.scaled_dot_product_attention(q, k, v)                          # (B, h, T, d)
+        h = attention(q, k, v)                                               # (B, h, T, d)
         h = h.permute(0, 1, 3, 2).reshape(b, c, t)
         return x + self.proj(h).reshape(b, c, *spatial)
