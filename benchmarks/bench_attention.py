@@ -87,3 +87,36 @@ def test_attention_fp32(benchmark, device, n, mode):
     if n >= 4096 and dev.type == "cpu" and sys.platform == "linux" and not getattr(benchmark, "disabled", False):
         for kind in ("fastgen", "sdpa", "eager"):
             info[f"{kind}_peak_extra_MB"] = round(_peak_extra_mb(n, "naive" if kind == "eager" else kind), 1)
+
+
+CUDA_HALF_CASES = [  # (B, H, N_q, N_kv, D): SD-style U-Net self-attention, head dim 128, cross-attention
+    (4, 8, 4096, 4096, 64), (2, 8, 4096, 4096, 128), (2, 16, 1024, 1024, 80), (8, 8, 4096, 77, 64)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton flash-attention kernels need a GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("case", CUDA_HALF_CASES, ids=[str(c) for c in CUDA_HALF_CASES])
+def test_attention_cuda_half(benchmark, case, mode, dtype):
+    """Triton flash attention vs torch's SDPA (flash/cuDNN) and the eager formula on a GPU; records
+    TFLOP/s (4 N_q N_kv D multiply-adds forward, 2.5x that for the backward)."""
+    B_, H_, nq, nk, d = case
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(B_, H_, nq, d, device=dev, generator=g, dtype=dtype)
+    k, v = (torch.randn(B_, H_, nk, d, device=dev, generator=g, dtype=dtype) for _ in range(2))
+    args = (q, k, v)
+    if mode == "fwd":
+        fast = lambda: attention(*args, impl="triton")  # noqa: E731
+        baselines = {"sdpa": lambda: sdpa(*args), "eager": lambda: naive(*args)}
+    else:
+        args = tuple(a.requires_grad_() for a in args)
+        go = torch.randn(B_, H_, nq, d, device=dev, generator=g, dtype=dtype)
+        fast = _with_grads(lambda *a: attention(*a, impl="triton"), args, go)
+        baselines = {"sdpa": _with_grads(sdpa, args, go), "eager": _with_grads(naive, args, go)}
+    info = compare(benchmark, fast, baselines, device=dev, rtol=2e-2, atol=2e-2, check_against="sdpa",
+                   group=f"attention {mode} {dtype} cuda (B, H, N_q, N_kv, d) = {case}")
+    flops = 4.0 * B_ * H_ * nq * nk * d * (1.0 if mode == "fwd" else 3.5)
+    if "fastgen_ms" in info:
+        info["fastgen_TFLOPs"] = round(flops / (info["fastgen_ms"] * 1e-3) / 1e12, 1)
+        info["sdpa_TFLOPs"] = round(flops / (info["sdpa_ms"] * 1e-3) / 1e12, 1)

@@ -113,6 +113,26 @@ def test_gradcheck_and_gradgradcheck_float64():
     assert torch.autograd.gradgradcheck(lambda a, b, c: attention(a, b, c), (q2, k2, v2))
 
 
+def test_double_backward_when_grad_out_depends_on_the_inputs():
+    """A loss that is not linear in out (grad_out = 2 out depends on q, k, v): the double backward
+    must count the path through grad_out once (regression: it was counted twice)."""
+    q, k, v = _qkv(2, 2, 7, 9, 8, dtype=torch.float64, seed=4)
+    m = torch.rand(2, 1, 7, 9, generator=torch.Generator().manual_seed(1)) > 0.3
+    m[..., 0] = True
+
+    def second(fn):
+        out = fn(q, k, v, attn_mask=m)
+        gq, gk = torch.autograd.grad(out.square().sum(), (q, k), create_graph=True)
+        return torch.autograd.grad(gq.square().sum() + (gk * gk.detach().sign()).sum(), (q, k, v))
+
+    for name, a, b in zip("qkv", second(attention), second(attention_reference)):
+        assert_close(a, b, rtol=1e-9, atol=1e-9, what=f"second-order d{name}")
+    q, k, v = _qkv(1, 1, 3, 4, 4, dtype=torch.float64, seed=5)  # third order, small
+    fn = lambda a, b, c: attention(a, b, c).square().sum()  # noqa: E731
+    assert torch.autograd.gradgradcheck(lambda a, b, c: torch.autograd.grad(fn(a, b, c), (a, b, c),
+                                                                            create_graph=True), (q, k, v))
+
+
 def test_r1_penalty_through_self_attention():
     """The reason for the double backward: a gradient penalty on a self-attention critic's input."""
     torch.manual_seed(0)

@@ -427,3 +427,51 @@ def test_trainer_cuda_resume_continues_the_run(tmp_path, bf16):
         torch.testing.assert_close(pc, pa, rtol=1e-5, atol=1e-6, msg=k)
     assert a.generator.get_state().equal(c.generator.get_state())
 
+
+
+# ----------------------------------------------------------------------------- attention (Triton)
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("shape", [(2, 4, 257, 257, 64), (1, 8, 1000, 77, 40), (2, 2, 129, 300, 128),
+                                   (1, 2, 64, 64, 80)])
+def test_attention_triton_on_cuda(dtype, tol, shape):
+    _need("triton")
+    from fastgen.functional import attention
+    import torch.nn.functional as F
+
+    B, H, nq, nk, d = shape
+    q = torch.randn(B, H, nq, d, device="cuda", dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(B, H, nk, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
+    mask = torch.rand(B, 1, nq, nk, device="cuda") > 0.2
+    mask[..., 0] = True
+    for m in (None, mask):
+        out = attention(q, k, v, attn_mask=m, impl="triton")
+        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=m)
+        assert_close(out.float(), ref, rtol=tol, atol=tol)
+        go = torch.randn_like(out)
+        for a, b in zip(torch.autograd.grad(out, (q, k, v), go),
+                        torch.autograd.grad(ref, (q, k, v), go.float())):
+            assert_close(a.float(), b.float(), rtol=5 * tol, atol=5 * tol)
+
+
+def test_attention_triton_opcheck_and_compile_on_cuda():
+    _need("triton")
+    from fastgen.functional import attention
+    from fastgen.ops.attention import _triton_ops
+
+    fwd = _triton_ops()[0]
+    q, k, v = (torch.randn(2, 2, 70, 64, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3))
+    torch.library.opcheck(fwd, (q, k, v, None, 0.125, 0.0, 0))
+    torch.library.opcheck(fwd, (q, k, v, torch.zeros(2, 1, 70, 70, device="cuda", dtype=torch.float16), 0.125, 0.1, 3))
+    compiled = torch.compile(lambda a, b, c: attention(a, b, c, impl="triton"), fullgraph=True)
+    assert_close(compiled(q, k, v), attention(q, k, v, impl="triton"), rtol=1e-3, atol=1e-3)
+
+
+def test_attention_triton_dropout_matches_reference_on_cuda():
+    _need("triton")
+    from fastgen.functional import attention
+    from fastgen.ops.attention import attention_reference
+
+    q, k, v = (torch.randn(1, 2, 100, 64, device="cuda", requires_grad=True) for _ in range(3))
+    out = attention(q, k, v, dropout_p=0.1, generator=torch.Generator().manual_seed(1), impl="triton")
+    ref = attention_reference(q, k, v, dropout_p=0.1, generator=torch.Generator().manual_seed(1))
+    assert_close(out, ref, rtol=1e-4, atol=1e-4)

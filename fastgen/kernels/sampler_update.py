@@ -19,41 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .philox import split64, philox4x32_10, to_unit
+
 NUM_COEFFS = 12
 _BLOCK = 1024
-_MASK32 = 0xFFFFFFFF
-
-# Philox constants (csrc/include/fastgen/philox.h)
-_M0 = tl.constexpr(0xD2511F53)
-_M1 = tl.constexpr(0xCD9E8D57)
-_W0 = tl.constexpr(0x9E3779B9)
-_W1 = tl.constexpr(0xBB67AE85)
-
-
-@triton.jit
-def _philox4x32_10(c0, c1, c2, c3, k0, k1):
-    """Ten Philox rounds on uint32 tensors (c0..c3 same shape; k0, k1 uint32 scalars)."""
-    for _ in tl.static_range(10):
-        hi0 = tl.umulhi(c0, _M0)
-        lo0 = c0 * _M0
-        hi1 = tl.umulhi(c2, _M1)
-        lo1 = c2 * _M1
-        n0 = hi1 ^ c1 ^ k0
-        n2 = hi0 ^ c3 ^ k1
-        c0 = n0
-        c1 = lo1
-        c2 = n2
-        c3 = lo0
-        k0 = k0 + _W0
-        k1 = k1 + _W1
-    return c0, c1, c2, c3
-
-
-@triton.jit
-def _to_unit(r):
-    # ((r >> 8) + 0.5) * 2^-24 in fp32, as philox::to_unit
-    return ((r >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
-
 
 @triton.jit
 def _sincos_2pi(u):
@@ -79,11 +48,11 @@ def _normal4(g, seed_lo, seed_hi, off_lo, off_hi):
     c1 = (g >> 32).to(tl.uint32)
     c2 = tl.zeros_like(c0) + off_lo.to(tl.uint32)
     c3 = tl.zeros_like(c0) + off_hi.to(tl.uint32)
-    r0, r1, r2, r3 = _philox4x32_10(c0, c1, c2, c3, seed_lo.to(tl.uint32), seed_hi.to(tl.uint32))
-    rad0 = tl.sqrt_rn(-2.0 * tl.log(_to_unit(r0)))
-    rad1 = tl.sqrt_rn(-2.0 * tl.log(_to_unit(r2)))
-    cos0, sin0 = _sincos_2pi(_to_unit(r1))
-    cos1, sin1 = _sincos_2pi(_to_unit(r3))
+    r0, r1, r2, r3 = philox4x32_10(c0, c1, c2, c3, seed_lo.to(tl.uint32), seed_hi.to(tl.uint32))
+    rad0 = tl.sqrt_rn(-2.0 * tl.log(to_unit(r0)))
+    rad1 = tl.sqrt_rn(-2.0 * tl.log(to_unit(r2)))
+    cos0, sin0 = _sincos_2pi(to_unit(r1))
+    cos1, sin1 = _sincos_2pi(to_unit(r3))
     return rad0 * cos0, rad0 * sin0, rad1 * cos1, rad1 * sin1
 
 
@@ -169,17 +138,6 @@ def sampler_update_kernel(x_ptr, m_ptr, u_ptr, h1_ptr, h2_ptr, n_ptr, v_ptr, xp_
 
 
 # ----------------------------------------------------------------------------------- launchers
-def _halves(v: int) -> tuple[int, int]:
-    """A 64-bit value (int64 reinterpreted as uint64) as two int32-range ints (bit patterns of the
-    uint32 halves): every launch then has the same argument types (no recompiles by value)."""
-    v = int(v) & 0xFFFFFFFFFFFFFFFF
-
-    def s32(h):
-        return h - (1 << 32) if h >= (1 << 31) else h
-
-    return s32(v & _MASK32), s32(v >> 32)
-
-
 def _launch(kernel, grid, *args, **kw):
     from torch.library import wrap_triton
 
@@ -205,8 +163,8 @@ def launch_sampler_update(x, m, coeffs_dev, uncond, guidance, h1, h2, noise, var
         raise ValueError("fastgen.sampler_update: h2 needs h1")
     mode = int(noise_mode)
     use_var = var is not None and mode != 0
-    s_lo, s_hi = _halves(seed)
-    o_lo, o_hi = _halves(offset)
+    s_lo, s_hi = split64(seed)
+    o_lo, o_hi = split64(offset)
     grid = (triton.cdiv(numel, block),)
     _launch(sampler_update_kernel, grid,
             x, m, uncond if uncond is not None else x, h1 if h1 is not None else x,
@@ -220,8 +178,8 @@ def launch_philox_normal(out: torch.Tensor, seed: int, offset: int, block: int =
     """Fill the fp32 tensor ``out`` (memory order, must be dense) with the stream."""
     numel = out.numel()
     if numel:
-        s_lo, s_hi = _halves(seed)
-        o_lo, o_hi = _halves(offset)
+        s_lo, s_hi = split64(seed)
+        o_lo, o_hi = split64(offset)
         _launch(philox_normal_kernel, (triton.cdiv(numel, block),), out, numel, s_lo, s_hi, o_lo, o_hi,
                 BLOCK=block, num_warps=4)
     return out

@@ -62,7 +62,7 @@ def philox4x32_10(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.stack(torch.broadcast_tensors(c0, c1, c2, c3), dim=-1)
 
 
-def _split64(v: int) -> tuple[int, int]:
+def split64(v: int) -> tuple[int, int]:
     v = int(v) & _MASK64
     return v & _MASK32, v >> 32
 
@@ -70,8 +70,8 @@ def _split64(v: int) -> tuple[int, int]:
 def philox_uniform_bits(num_groups: int, seed: int, offset: int, device=None) -> torch.Tensor:
     """The raw Philox outputs r of groups 0 .. num_groups-1: int64 [num_groups, 4] (uint32 values)."""
     g = torch.arange(num_groups, dtype=torch.int64, device=device)
-    o_lo, o_hi = _split64(offset)
-    s_lo, s_hi = _split64(seed)
+    o_lo, o_hi = split64(offset)
+    s_lo, s_hi = split64(seed)
     ctr = torch.stack([g & _MASK32, g >> 32, torch.full_like(g, o_lo), torch.full_like(g, o_hi)], dim=-1)
     key = torch.tensor([s_lo, s_hi], dtype=torch.int64, device=device)
     return philox4x32_10(ctr, key)

@@ -7,20 +7,30 @@ self-attention discriminators need the second order, which torch's fused SDPA ke
 ``mask``: boolean (True = attend) or additive float, broadcastable to ``(B, H, N_q, N_kv)``. A query
 row with every key masked gives 0 (as torch's SDPA), not NaN.
 
-Implementations (see fastgen.backend), this first version:
-  torch   on CPU the op ``torch.ops.fastgen.attention`` runs ATen's fused flash-attention CPU kernel
-          (tiled, online softmax, O(N) extra memory; it saves the log-sum-exp) and
+Implementations (see fastgen.backend):
+  triton  (CUDA default) FlashAttention-2 kernels of fastgen.kernels.attention: tiled forward with
+          online softmax storing the log-sum-exp, recomputing backward (dK/dV and dQ kernels),
+          in-kernel dropout; O(N) extra memory in both directions. Ops
+          ``torch.ops.fastgen.attention_triton`` / ``attention_backward_triton``. Not for float64,
+          head dims > 256 or masks that require grad (those run the reference).
+  torch   (CPU default) the op ``torch.ops.fastgen.attention`` runs ATen's fused flash-attention
+          CPU kernel (tiled, online softmax, O(N) extra memory; it saves the log-sum-exp) and
           ``attention_backward`` its fused backward; on other devices (and for a value head dim
           different from the query's) it calls the public SDPA and recomputes the forward in the
-          backward. The backward op's own autograd
-          differentiates :func:`attention_reference`, so ``create_graph=True`` works (double
-          backward, at reference cost: O(N^2) memory for that order).
+          backward. Dropout runs the reference (O(N^2) memory).
+  Every backward op's own autograd differentiates :func:`attention_reference` (with the same
+  dropout mask), so ``create_graph=True`` works (double backward, at reference cost: O(N^2)
+  memory for that order).
   attention_reference — the oracle: explicit softmax in fp32 (float64 stays float64); also the
-          path for ``dropout_p > 0`` (dropout mask from ``generator``) and for masks that require grad.
-The Triton flash-attention kernels and fastgen's own tiled CPU kernel come next (issue 5).
+          path for masks that require grad.
+
+Dropout masks come from fastgen's counter-based Philox stream keyed by a 64-bit seed (drawn from
+``generator`` per call), so the CPU reference and the GPU kernels drop the same weights for the
+same seed (:func:`dropout_keep_mask`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Real
 from typing import Optional
@@ -29,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
+from . import _philox
 
 OP = "attention"
 LAYOUTS = ("bhnd", "bnhd")
@@ -36,8 +47,8 @@ LAYOUTS = ("bhnd", "bnhd")
 backend.register_op(
     backend.OpSpec(
         name=OP,
-        impls=("torch",),
-        preference={"cpu": ("torch",), "cuda": ("torch",)},
+        impls=("torch", "triton"),
+        preference={"cpu": ("torch",), "cuda": ("triton", "torch")},
         notes="scaled dot-product attention (SDPA semantics) with a twice-differentiable backward",
     )
 )
@@ -59,20 +70,42 @@ def _softmax_probs(q, k, mask, scale, ct):
     return p / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
+def dropout_seed(generator: Optional[torch.Generator] = None) -> int:
+    """A 63-bit seed for the dropout stream, drawn from ``generator`` (default: torch's CPU generator)."""
+    dev = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2 ** 63 - 1, (), generator=generator, device=dev))
+
+
+def dropout_keep_mask(shape, p: float, seed: int, device=None) -> torch.Tensor:
+    """The boolean keep mask (B, H, N_q, N_kv) of the attention kernels' dropout for ``seed``:
+    for global row r = (b H + h) N_q + i and column quad c = j // 4, word j % 4 of
+    Philox4x32-10(counter (c, r_lo, r_hi, 0), key seed) mapped to u in (0, 1]; keep = u >= p."""
+    B, H, Nq, Nk = shape
+    rows = torch.arange(B * H * Nq, dtype=torch.int64, device=device)
+    quads = torch.arange((Nk + 3) // 4, dtype=torch.int64, device=device)
+    R, Q = rows.numel(), quads.numel()
+    ctr = torch.stack([quads.expand(R, Q), (rows & 0xFFFFFFFF)[:, None].expand(R, Q),
+                       (rows >> 32)[:, None].expand(R, Q), torch.zeros(R, Q, dtype=torch.int64, device=device)], -1)
+    key = torch.tensor(_philox.split64(seed), dtype=torch.int64, device=device)
+    u = _philox.to_unit(_philox.philox4x32_10(ctr, key)).reshape(R, Q * 4)[:, :Nk]
+    return (u >= p).reshape(B, H, Nq, Nk)
+
+
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
                         attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
-                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                        generator: Optional[torch.Generator] = None, seed: Optional[int] = None) -> torch.Tensor:
     """softmax(q k^T scale + mask) v on ``(B, H, N, D)`` tensors, explicit, differentiable to any order.
 
     fp32 math for half inputs; fully masked rows give 0. ``dropout_p`` zeroes attention weights
-    with a mask drawn from ``generator`` (rescaled by 1 / (1 - p)).
+    with :func:`dropout_keep_mask` for ``seed`` (drawn from ``generator`` when None) and rescales
+    the kept ones by 1 / (1 - p), exactly as the kernels do.
     """
     ct = _compute_dtype(q.dtype)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     p = _softmax_probs(q, k, attn_mask, scale, ct)
     if dropout_p > 0:
-        keep = torch.rand(p.shape, generator=generator, device=p.device, dtype=ct) >= dropout_p
+        keep = dropout_keep_mask(p.shape, dropout_p, dropout_seed(generator) if seed is None else seed, p.device)
         p = p * keep / (1.0 - dropout_p)
     return torch.matmul(p, v.to(ct)).to(q.dtype)
 
@@ -144,54 +177,94 @@ def _(grad_out, q, k, v, out, lse, mask, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _setup_fwd(ctx, inputs, output):
-    q, k, v, mask, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, mask)
-    ctx.scale = scale
-    ctx.mark_non_differentiable(lse)
+# Autograd, shared by the op pairs (fastgen::attention[_backward] and their _triton twins). The
+# triton ops take two more arguments after ``scale``: dropout_p and the dropout seed.
+def _dropout_of(rest) -> tuple[float, Optional[int]]:
+    return (float(rest[0]), int(rest[1])) if rest else (0.0, None)
 
 
-def _backward_fwd(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, mask = ctx.saved_tensors
-    if grad_out is None:
-        return None, None, None, None, None
-    gq, gk, gv = torch.ops.fastgen.attention_backward(grad_out, q, k, v, out, lse, mask, ctx.scale)
-    return gq, gk, gv, None, None
+def _register_autograd(fwd_name: str, bwd_name: str) -> None:
+    bwd_op = getattr(torch.ops.fastgen, bwd_name)
+
+    def setup_fwd(ctx, inputs, output):
+        q, k, v, mask, scale, *rest = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse, mask)
+        ctx.scale, ctx.rest = scale, tuple(rest)
+        ctx.mark_non_differentiable(lse)
+
+    def backward_fwd(ctx, grad_out, _grad_lse):
+        q, k, v, out, lse, mask = ctx.saved_tensors
+        nones = (None,) * (2 + len(ctx.rest))
+        if grad_out is None:
+            return (None, None, None) + nones
+        gq, gk, gv = bwd_op(grad_out, q, k, v, out, lse, mask, ctx.scale, *ctx.rest)
+        return (gq, gk, gv) + nones
+
+    def setup_bwd(ctx, inputs, output):
+        grad_out, q, k, v, _out, _lse, mask, scale, *rest = inputs
+        ctx.save_for_backward(grad_out, q, k, v, mask)
+        ctx.scale, ctx.rest = scale, tuple(rest)
+
+    def backward_bwd(ctx, ugq, ugk, ugv):
+        """Double backward: the VJP of the reference's first backward (gq, gk, gv)(grad_out, q, k, v)
+        with cotangents (ugq, ugk, ugv), same dropout mask. torch.func treats the four inputs as
+        independent (plain autograd.grad would also follow paths between them, e.g. grad_out = 2 out
+        depends on q, and count those twice), and composes with autograd, so higher orders work."""
+        grad_out, q, k, v, mask = ctx.saved_tensors
+        nones = (None,) * (4 + len(ctx.rest))
+        if all(u is None for u in (ugq, ugk, ugv)) or not any(ctx.needs_input_grad[:4]):
+            return (None,) * 4 + nones
+        p_drop, seed = _dropout_of(ctx.rest)
+        scale = ctx.scale
+
+        def first(go, q_, k_, v_):
+            o, vjp_o = torch.func.vjp(lambda a, b, c: attention_reference(a, b, c, scale=scale, attn_mask=mask,
+                                                                          dropout_p=p_drop, seed=seed), q_, k_, v_)
+            return vjp_o(go.to(o.dtype))
+
+        firsts, vjp_first = torch.func.vjp(first, grad_out, q, k, v)
+        ups = tuple(torch.zeros_like(f) if u is None else u.to(f.dtype) for f, u in zip(firsts, (ugq, ugk, ugv)))
+        grads = vjp_first(ups)
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])) + nones
+
+    torch.library.register_autograd(f"fastgen::{fwd_name}", backward_fwd, setup_context=setup_fwd)
+    torch.library.register_autograd(f"fastgen::{bwd_name}", backward_bwd, setup_context=setup_bwd)
 
 
-def _setup_bwd(ctx, inputs, output):
-    grad_out, q, k, v, _out, _lse, mask, scale = inputs
-    ctx.save_for_backward(grad_out, q, k, v, mask)
-    ctx.scale = scale
+_register_autograd("attention", "attention_backward")
 
 
-def _backward_bwd(ctx, ugq, ugk, ugv):
-    """Double backward: grads of <(gq, gk, gv), (ugq, ugk, ugv)> w.r.t. (grad_out, q, k, v), by
-    differentiating the reference's first backward (built on the saved tensors, so higher orders
-    work as well)."""
-    grad_out, q, k, v, mask = ctx.saved_tensors
-    need = ctx.needs_input_grad[:4]
-    res = [None] * 8
-    ups = [(t, u) for t, u in zip((q, k, v), (ugq, ugk, ugv)) if u is not None]
-    if not ups or not any(need):
-        return tuple(res)
-    with torch.enable_grad():
-        leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in (grad_out, q, k, v)]
-        go, ql, kl, vl = leaves
-        o = attention_reference(ql, kl, vl, scale=ctx.scale, attn_mask=mask)
-        firsts = torch.autograd.grad(o, (ql, kl, vl), go.to(o.dtype), create_graph=True)
-        outs, us = zip(*[(f, u.to(f.dtype)) for f, u in zip(firsts, (ugq, ugk, ugv)) if u is not None])
-        wanted = [i for i in range(4) if need[i]]
-        grads = torch.autograd.grad(outs, [leaves[i] for i in wanted], us, allow_unused=True,
-                                    create_graph=torch.is_grad_enabled())
-    for i, g in zip(wanted, grads):
-        res[i] = torch.zeros_like(leaves[i]) if g is None else g
-    return tuple(res)
+# ----------------------------------------------------------------------------- triton ops
+@functools.lru_cache(maxsize=None)
+def _triton_ops():
+    """Define the Triton custom ops on first use (needs triton and fastgen.kernels.attention)."""
+    try:
+        from ..kernels import attention as K
+    except ImportError as exc:
+        raise backend.BackendUnavailableError(
+            f"fastgen.{OP}: impl='triton' is not available: the Triton kernels could not be imported "
+            f"({type(exc).__name__}: {exc})") from exc
+    from torch.library import triton_op
 
+    @triton_op("fastgen::attention_triton", mutates_args=())
+    def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                         scale: float, dropout_p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return K.attention_fwd(q, k, v, mask, scale, dropout_p, seed)
 
-torch.library.register_autograd("fastgen::attention", _backward_fwd, setup_context=_setup_fwd)
-torch.library.register_autograd("fastgen::attention_backward", _backward_bwd, setup_context=_setup_bwd)
+    @triton_op("fastgen::attention_backward_triton", mutates_args=())
+    def attention_backward_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                  out: torch.Tensor, lse: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
+                                  dropout_p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return K.attention_bwd(grad_out, q, k, v, out, lse, mask, scale, dropout_p, seed)
+
+    attention_triton.register_fake(lambda q, k, v, mask, scale, p, seed: (
+        q.new_empty(q.shape[:3] + v.shape[-1:]), q.new_empty(q.shape[:3], dtype=torch.float32)))
+    attention_backward_triton.register_fake(lambda go, q, k, v, out, lse, mask, scale, p, seed: (
+        torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device),
+        torch.empty(v.shape, dtype=v.dtype, device=v.device)))
+    _register_autograd("attention_triton", "attention_backward_triton")
+    return attention_triton, K.MAX_HEAD_DIM
 
 
 # ----------------------------------------------------------------------------- public API
@@ -251,9 +324,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
             may differ from ``N_q`` (cross-attention).
         scale: default ``1 / sqrt(D)``.
         attn_mask: bool (True = attend) or additive float, broadcastable to ``(B, H, N_q, N_kv)``.
-        dropout_p: attention-weight dropout (the reference path; ``generator`` draws the mask).
+        dropout_p: attention-weight dropout; the mask is :func:`dropout_keep_mask` for a seed drawn
+            from ``generator`` (in-kernel on the Triton path, the reference on CPU).
         layout: ``"bhnd"`` or ``"bnhd"``; the output has q's layout.
-        impl: force an implementation (see the module docstring; only ``"torch"`` for now).
+        impl: force ``"torch"`` or ``"triton"`` (CUDA; CPU tensors only under ``TRITON_INTERPRET=1``);
+            default: see fastgen.backend and the module docstring.
 
     Returns ``(B, H, N_q, D_v)`` (or ``(B, N_q, H, D_v)``) in q's dtype.
     """
@@ -263,13 +338,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
     if layout == "bnhd":
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     _check_shapes(q, k, v, attn_mask, scale, dropout_p)
-    backend.resolve(OP, q.device, impl)
+    name = backend.resolve(OP, q.device, impl)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    seed = dropout_seed(generator) if dropout_p > 0 else 0
+    fused = not (q.shape[2] == 0 or (attn_mask is not None and attn_mask.requires_grad)
+                 or (name == "torch" and dropout_p > 0) or (name == "triton" and not _triton_fits(q, v)))
     if k.shape[2] == 0:  # nothing to attend to: 0 (as fully masked rows), still connected to the graph
         out = v.new_zeros(q.shape[:3] + v.shape[-1:]) + 0 * (q.sum() + k.sum() + v.sum())
-    elif dropout_p > 0 or (attn_mask is not None and attn_mask.requires_grad) or q.shape[2] == 0:
-        out = attention_reference(q, k, v, scale=scale, attn_mask=attn_mask, dropout_p=float(dropout_p),
-                                  generator=generator)
+    elif not fused:
+        out = attention_reference(q, k, v, scale=scale, attn_mask=attn_mask, dropout_p=float(dropout_p), seed=seed)
     else:
         mask = attn_mask
         if mask is not None:
@@ -277,5 +354,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
                 mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
             else:
                 mask = mask.to(q.dtype)
-        out = torch.ops.fastgen.attention(q, k, v, mask, scale)[0]
+        if name == "triton":
+            out = _triton_ops()[0](q, k, v, mask, scale, float(dropout_p), seed)[0]
+        else:
+            out = torch.ops.fastgen.attention(q, k, v, mask, scale)[0]
     return out.transpose(1, 2) if layout == "bnhd" else out
+
+
+def _triton_fits(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Triton kernels take these inputs (else the reference runs): not float64, head
+    dims up to fastgen.kernels.attention.MAX_HEAD_DIM, batch x heads within the grid limit."""
+    max_d = _triton_ops()[1]
+    return (q.dtype != torch.float64 and max(q.shape[-1], v.shape[-1]) <= max_d
+            and q.shape[0] * q.shape[1] <= 65535)
