@@ -214,7 +214,9 @@ def test_cpp_forward_is_deterministic_across_thread_counts():
 def _penalty_grads(fn, x, w, b, s, t, act):
     leaves = [v.detach().clone().requires_grad_() for v in (x, w, b, s, t)]
     y = fn(leaves[0], 4, leaves[1], leaves[2], activation=act, scale=leaves[3], shift=leaves[4])
-    first = torch.autograd.grad((y * y.detach().cos()).sum(), leaves, create_graph=True)
+    # a loss nonlinear in y: its grad_y depends on x, w, b, s, t again (the double backward must
+    # count that path once; it once counted it twice)
+    first = torch.autograd.grad((y * y.cos()).sum(), leaves, create_graph=True)
     pen = sum((g**2).sum() for g in first)
     grads = torch.autograd.grad(pen, leaves, allow_unused=True)
     return [g if g is not None else torch.zeros_like(v) for g, v in zip(grads, leaves)]

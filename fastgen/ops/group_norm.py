@@ -108,41 +108,36 @@ def _fake_backward(grad_y, x, mean, rstd, num_groups, weight, bias, scale, shift
 
 # ----------------------------------------------------------------------------- autograd
 def _double_backward(saved, G, eps, act, ups, need):
-    """Grads of <backward(gy, x, w, b, s, t), ups> w.r.t. (gy, x, w, b, s, t), by differentiating the
-    reference's first backward (its autograd graph is built on the saved tensors themselves, so a
-    further order of derivative works as well)."""
-    names = ("gy", "x", "w", "b", "s", "t")
-    tensors = list(saved)
-    with torch.enable_grad():
-        leaves = []
-        for i, t in enumerate(tensors):
-            if t is not None and not t.requires_grad:
-                t = t.detach().requires_grad_()
-                tensors[i] = t
-            leaves.append(t)
-        gy, x, w, b, s, t = tensors
-        y = group_norm_reference(x, G, w, b, eps, activation=_ACT_NAMES[act], scale=s, shift=t)
-        firsts_of = [x, w, b, s, t]
-        pairs = [(inp, u) for inp, u in zip(firsts_of, ups) if inp is not None and u is not None]
-        if not pairs:
-            return [None] * 6
-        firsts = torch.autograd.grad(y, [p[0] for p in pairs], gy.to(y.dtype), create_graph=True, allow_unused=True)
-        outs, us = [], []
-        for f, (_, u) in zip(firsts, pairs):
-            if f is not None and f.requires_grad:
-                outs.append(f)
-                us.append(u.to(f.dtype))
-        wanted = [i for i, n in enumerate(names) if need[i] and leaves[i] is not None]
-        res = [None] * 6
-        if not outs or not wanted:
-            return res
-        grads = torch.autograd.grad(outs, [leaves[i] for i in wanted], us, allow_unused=True,
-                                    create_graph=torch.is_grad_enabled())
-    for i, g in zip(wanted, grads):
-        if g is not None:
+    """Grads of <backward(gy, x, w, b, s, t), ups> w.r.t. (gy, x, w, b, s, t): the VJP of the
+    reference's first backward. torch.func treats the six inputs as independent (plain
+    autograd.grad would also follow paths between them, e.g. a gy that depends on x through y, and
+    count those twice) and composes with autograd, so further orders work as well."""
+    present = [i for i, v in enumerate(saved) if v is not None]  # indices into (gy, x, w, b, s, t)
+    diff = [j for j, u in enumerate(ups) if u is not None and saved[j + 1] is not None]  # into (x, w, b, s, t)
+    if not diff:
+        return [None] * 6
+
+    def first(*values):
+        full = [None] * 6
+        for i, v in zip(present, values):
+            full[i] = v
+
+        def forward(*d):
+            args = full[1:]
+            for j, v in zip(diff, d):
+                args[j] = v
+            xx, ww, bb, ss, tt = args
+            return group_norm_reference(xx, G, ww, bb, eps, activation=_ACT_NAMES[act], scale=ss, shift=tt)
+
+        y, vjp_y = torch.func.vjp(forward, *[full[j + 1] for j in diff])
+        return vjp_y(full[0].to(y.dtype))
+
+    firsts, vjp_first = torch.func.vjp(first, *[saved[i] for i in present])
+    grads = vjp_first(tuple(ups[j].to(f.dtype) for j, f in zip(diff, firsts)))
+    res = [None] * 6
+    for i, g in zip(present, grads):
+        if need[i]:
             res[i] = g.to(saved[i].dtype)
-        else:
-            res[i] = torch.zeros_like(saved[i])
     return res
 
 
