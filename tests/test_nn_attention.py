@@ -77,3 +77,20 @@ def test_r1_penalty_through_self_attention2d_and_unet_attention():
         penalty = gx.square().sum()
         grads = torch.autograd.grad(penalty, [p for p in mod.parameters()], allow_unused=True)
         assert any(g is not None and g.abs().sum() > 0 for g in grads), type(mod).__name__
+
+
+def test_spatial_self_attention_matches_the_textbook_block():
+    """fastgen.nn.SpatialSelfAttention: GroupNorm -> attention over the H*W positions -> 1x1
+    projection -> residual, against the same computation written with torch ops."""
+    from fastgen.nn import SpatialSelfAttention
+
+    torch.manual_seed(0)
+    blk = SpatialSelfAttention(16, num_heads=2, num_groups=4)
+    torch.nn.init.normal_(blk.proj.weight, std=0.2)  # zero-initialised: make the attention branch count
+    x = torch.randn(2, 16, 5, 3)
+    h = torch.nn.functional.group_norm(x, 4, blk.norm.weight, blk.norm.bias).reshape(2, 16, 15)
+    q, k, v = blk.qkv(h).reshape(2, 3, 2, 8, 15).unbind(1)               # (B, heads, d, T)
+    w = torch.softmax(q.transpose(-1, -2) @ k / 8 ** 0.5, dim=-1)          # (B, heads, T, T)
+    a = (w @ v.transpose(-1, -2)).transpose(-1, -2).reshape(2, 16, 15)
+    want = x + blk.proj(a).reshape(2, 16, 5, 3)
+    torch.testing.assert_close(blk(x), want, rtol=1e-5, atol=1e-5)

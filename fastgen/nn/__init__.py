@@ -6,9 +6,16 @@
   (diffusers-compatible layer names and conventions).
 * :class:`Attention` (multi-head self/cross attention, fused QKV, optional QK-norm) and
   :class:`SelfAttention2d` (SAGAN) — on :func:`fastgen.functional.attention`, twice differentiable.
+* U-Net blocks: :class:`ResBlock` (scale-shift norm), :class:`AttentionBlock` (also exported as
+  :class:`SpatialSelfAttention`: GroupNorm, attention over H*W, projection, residual),
+  :class:`Downsample`, :class:`Upsample`.
 """
 from .attention import Attention, SelfAttention2d
 from .embedding import TimestepEmbedding, timestep_embedding
 from .norm import GroupNormAct
+from .unet_blocks import AttentionBlock, Downsample, ResBlock, Upsample
 
-__all__ = ["Attention", "SelfAttention2d", "GroupNormAct", "TimestepEmbedding", "timestep_embedding"]
+SpatialSelfAttention = AttentionBlock  # the name the attention issue uses for feature-map self-attention
+
+__all__ = ["Attention", "SelfAttention2d", "SpatialSelfAttention", "AttentionBlock", "ResBlock", "Downsample",
+           "Upsample", "GroupNormAct", "TimestepEmbedding", "timestep_embedding"]
