@@ -4,6 +4,7 @@ Importing this package loads the compiled extension (building it just in time if
 registers every op's fake kernel and autograd formula.
 """
 from .attention import attention, attention_reference
+from .bias_act import bias_act, bias_act_reference
 from .ddim_step import DDIMStepOutput, ddim_coefficients, ddim_step, ddim_step_reference
 from .diffusion_loss import diffusion_loss, diffusion_loss_coefficients, diffusion_loss_reference
 from .group_norm import group_norm, group_norm_reference
@@ -11,7 +12,7 @@ from .q_sample import QSampleOutput, q_sample, q_sample_coefficients, q_sample_r
 from .sampler_update import (COEFF_NAMES, SamplerUpdateOutput, sampler_coeffs, sampler_update,
                              sampler_update_reference)
 
-__all__ = ["attention", "attention_reference", "DDIMStepOutput", "ddim_coefficients", "ddim_step", "ddim_step_reference",
+__all__ = ["attention", "attention_reference", "bias_act", "bias_act_reference", "DDIMStepOutput", "ddim_coefficients", "ddim_step", "ddim_step_reference",
            "QSampleOutput", "q_sample", "q_sample_coefficients", "q_sample_reference",
            "diffusion_loss", "diffusion_loss_coefficients", "diffusion_loss_reference",
            "group_norm", "group_norm_reference",
