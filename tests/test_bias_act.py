@@ -194,3 +194,20 @@ def test_integer_x_is_refused():
 def test_triton_on_cpu_is_a_clear_error():
     with pytest.raises(backend.BackendUnavailableError, match="triton"):
         bias_act(torch.randn(2, 3), impl="triton")
+
+
+def test_bias_act_module():
+    from fastgen.nn import BiasAct
+
+    m = BiasAct(6, "lrelu", clamp=2.0, bias_init=0.1)
+    assert list(dict(m.named_parameters())) == ["bias"] and torch.equal(m.bias.detach(), torch.full((6,), 0.1))
+    x = torch.randn(3, 6, 4, 4, requires_grad=True)
+    want = torch.clamp(torch.nn.functional.leaky_relu(x + 0.1, 0.2) * math.sqrt(2), -2, 2)
+    assert_close(m(x), want, rtol=1e-6, atol=1e-6, what="BiasAct")
+    m(x).sum().backward()
+    assert m.bias.grad.shape == (6,)
+    feats = BiasAct(5, "silu", dim=-1)(torch.randn(4, 5))
+    assert feats.shape == (4, 5)
+    assert BiasAct(0, "relu").bias is None
+    with pytest.raises(ValueError, match="act must be one of"):
+        BiasAct(4, "mish")

@@ -6,10 +6,13 @@
   (diffusers-compatible layer names and conventions).
 * :class:`Attention` (multi-head self/cross attention, fused QKV, optional QK-norm) and
   :class:`SelfAttention2d` (SAGAN) — on :func:`fastgen.functional.attention`, twice differentiable.
+* :class:`BiasAct` — learned bias + activation + gain (+ clamp) in one fused op (StyleGAN2's
+  ``bias_act``), twice differentiable with fused kernels.
 * U-Net blocks: :class:`ResBlock` (scale-shift norm), :class:`AttentionBlock` (also exported as
   :class:`SpatialSelfAttention`: GroupNorm, attention over H*W, projection, residual),
   :class:`Downsample`, :class:`Upsample`.
 """
+from .activation import BiasAct
 from .attention import Attention, SelfAttention2d
 from .embedding import TimestepEmbedding, timestep_embedding
 from .norm import GroupNormAct
@@ -17,5 +20,5 @@ from .unet_blocks import AttentionBlock, Downsample, ResBlock, Upsample
 
 SpatialSelfAttention = AttentionBlock  # the name the attention issue uses for feature-map self-attention
 
-__all__ = ["Attention", "SelfAttention2d", "SpatialSelfAttention", "AttentionBlock", "ResBlock", "Downsample",
+__all__ = ["BiasAct", "Attention", "SelfAttention2d", "SpatialSelfAttention", "AttentionBlock", "ResBlock", "Downsample",
            "Upsample", "GroupNormAct", "TimestepEmbedding", "timestep_embedding"]
