@@ -3,6 +3,7 @@
 Each function validates its arguments (errors name the argument), picks an implementation
 (see :mod:`fastgen.backend`; ``impl=`` forces one) and calls the op.
 """
+from .ops.adain import adain
 from .ops.attention import attention
 from .ops.bias_act import bias_act
 from .ops.ddim_step import DDIMStepOutput, ddim_step
@@ -11,5 +12,5 @@ from .ops.group_norm import group_norm
 from .ops.q_sample import QSampleOutput, q_sample
 from .ops.sampler_update import SamplerUpdateOutput, sampler_coeffs, sampler_update
 
-__all__ = ["attention", "bias_act", "DDIMStepOutput", "ddim_step", "QSampleOutput", "q_sample", "diffusion_loss", "group_norm",
+__all__ = ["adain", "attention", "bias_act", "DDIMStepOutput", "ddim_step", "QSampleOutput", "q_sample", "diffusion_loss", "group_norm",
            "SamplerUpdateOutput", "sampler_coeffs", "sampler_update"]

@@ -8,11 +8,12 @@
   :class:`SelfAttention2d` (SAGAN) — on :func:`fastgen.functional.attention`, twice differentiable.
 * :class:`BiasAct` — learned bias + activation + gain (+ clamp) in one fused op (StyleGAN2's
   ``bias_act``), twice differentiable with fused kernels.
+* :class:`AdaIN` — StyleGAN's style block: (y_s, y_b) = A(w), then fused adaptive instance norm.
 * U-Net blocks: :class:`ResBlock` (scale-shift norm), :class:`AttentionBlock` (also exported as
   :class:`SpatialSelfAttention`: GroupNorm, attention over H*W, projection, residual),
   :class:`Downsample`, :class:`Upsample`.
 """
-from .activation import BiasAct
+from .activation import AdaIN, BiasAct
 from .attention import Attention, SelfAttention2d
 from .embedding import TimestepEmbedding, timestep_embedding
 from .norm import GroupNormAct
@@ -20,5 +21,5 @@ from .unet_blocks import AttentionBlock, Downsample, ResBlock, Upsample
 
 SpatialSelfAttention = AttentionBlock  # the name the attention issue uses for feature-map self-attention
 
-__all__ = ["BiasAct", "Attention", "SelfAttention2d", "SpatialSelfAttention", "AttentionBlock", "ResBlock", "Downsample",
+__all__ = ["AdaIN", "BiasAct", "Attention", "SelfAttention2d", "SpatialSelfAttention", "AttentionBlock", "ResBlock", "Downsample",
            "Upsample", "GroupNormAct", "TimestepEmbedding", "timestep_embedding"]

@@ -1,4 +1,4 @@
-"""Activation modules on fastgen's fused ops."""
+"""Activation and style-modulation modules on fastgen's fused ops."""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..functional import bias_act
+from ..functional import adain, bias_act
 from ..ops.bias_act import ACTIVATIONS
 
 
@@ -39,3 +39,27 @@ class BiasAct(nn.Module):
     def extra_repr(self) -> str:
         c = 0 if self.bias is None else self.bias.numel()
         return f"{c}, act={self.act!r}, alpha={self.alpha}, gain={self.gain}, clamp={self.clamp}, dim={self.dim}"
+
+
+class AdaIN(nn.Module):
+    """StyleGAN's adaptive instance normalisation block: a learned affine map A turns the style
+    vector w into per-channel styles (y_s, y_b) = A(w), then
+    ``AdaIN(x, y) = y_s (x - mu(x)) / sigma(x) + y_b`` (fused: :func:`fastgen.functional.adain`).
+
+    Args:
+        channels: C of the feature maps. w_dim: size of w.
+        eps: added to the instance variance.
+    A's bias is initialised so that y_s starts at 1 and y_b at 0 (as in StyleGAN).
+    """
+
+    def __init__(self, channels: int, w_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.channels, self.eps = channels, eps
+        self.affine = nn.Linear(w_dim, 2 * channels)
+        with torch.no_grad():
+            self.affine.bias.zero_()
+            self.affine.bias[:channels].fill_(1.0)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        style_scale, style_bias = self.affine(w).chunk(2, dim=1)
+        return adain(x, style_scale, style_bias, self.eps)

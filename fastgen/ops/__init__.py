@@ -3,6 +3,7 @@
 Importing this package loads the compiled extension (building it just in time if needed) and
 registers every op's fake kernel and autograd formula.
 """
+from .adain import adain, adain_reference
 from .attention import attention, attention_reference
 from .bias_act import bias_act, bias_act_reference
 from .ddim_step import DDIMStepOutput, ddim_coefficients, ddim_step, ddim_step_reference
@@ -12,7 +13,7 @@ from .q_sample import QSampleOutput, q_sample, q_sample_coefficients, q_sample_r
 from .sampler_update import (COEFF_NAMES, SamplerUpdateOutput, sampler_coeffs, sampler_update,
                              sampler_update_reference)
 
-__all__ = ["attention", "attention_reference", "bias_act", "bias_act_reference", "DDIMStepOutput", "ddim_coefficients", "ddim_step", "ddim_step_reference",
+__all__ = ["adain", "adain_reference", "attention", "attention_reference", "bias_act", "bias_act_reference", "DDIMStepOutput", "ddim_coefficients", "ddim_step", "ddim_step_reference",
            "QSampleOutput", "q_sample", "q_sample_coefficients", "q_sample_reference",
            "diffusion_loss", "diffusion_loss_coefficients", "diffusion_loss_reference",
            "group_norm", "group_norm_reference",
