@@ -1,9 +1,9 @@
-"""fastgen's tiled CPU attention kernel (torch.ops.fastgen.attention_tiled, csrc/cpu/attention.cpp)
-against a float64 softmax(q k^T scale + mask) v and logsumexp, at every ISA variant this CPU runs
-(FASTGEN_CPU_ATTN_ISA caps the variant): odd lengths and tile tails, head dims, D_v != D, dtypes,
-masks (broadcast, fully masked rows), strided inputs, online-softmax rescaling, bad input; then the
-wiring in fastgen.functional.attention (dispatch, ATen's backward on the kernel's (out, lse)) and the
-object code of the per-ISA variants."""
+"""fastgen's tiled CPU attention kernels (torch.ops.fastgen.attention_tiled and
+attention_tiled_backward, csrc/cpu/attention.cpp) against a float64 softmax(q k^T scale + mask) v,
+its logsumexp and its autograd gradients, at every ISA variant this CPU runs (FASTGEN_CPU_ATTN_ISA
+caps the variant): odd lengths and tile tails, head dims, D_v != D, dtypes, masks (broadcast, fully
+masked rows), strided inputs, online-softmax rescaling, bad input; then the wiring in
+fastgen.functional.attention (dispatch, gradients) and the object code of the per-ISA variants."""
 from __future__ import annotations
 
 import math
@@ -220,6 +220,102 @@ def test_opcheck():
     for mask in (None, torch.zeros(5, 70), torch.zeros(1, 2, 5, 70).masked_fill(torch.rand(1, 2, 5, 70) > 0.5, -1e4)):
         torch.library.opcheck(torch.ops.fastgen.attention_tiled.default, (q, k, v, mask, 0.3))
     torch.library.opcheck(torch.ops.fastgen.attention.default, (q, k, v, None, 0.3, True))
+    out, lse = torch.ops.fastgen.attention_tiled(q, k, v, None, 0.3)
+    go = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.fastgen.attention_tiled_backward.default, (go, q, k, v, out, lse, None, 0.3))
+    torch.library.opcheck(torch.ops.fastgen.attention_backward.default, (go, q, k, v, out, lse, None, 0.3, True))
+
+
+# ----------------------------------------------------------------------------- fused backward
+def _reference_grads(q, k, v, go, scale, mask=None):
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    s = qd @ kd.transpose(-1, -2) * scale
+    if mask is not None:
+        s = s + mask.double()
+    m = s.detach().amax(dim=-1, keepdim=True)
+    e = torch.exp(s - torch.where(torch.isfinite(m), m, torch.zeros_like(m)))  # fully masked rows: e = 0
+    denom = e.sum(dim=-1, keepdim=True)
+    p = e / torch.where(denom > 0, denom, torch.ones_like(denom))  # ... p = 0, no gradient (torch.softmax: NaN)
+    return torch.autograd.grad(p @ vd, (qd, kd, vd), go.double())
+
+
+def _check_backward(q, k, v, mask=None, scale=None, lse_from="tiled", what=""):
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if lse_from == "tiled":
+        out, lse = torch.ops.fastgen.attention_tiled(q, k, v, mask, scale)
+    else:  # ATen's flash forward: its own lse convention (0 for fully masked rows)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
+                                                                             scale=scale)[:2]
+        lse = lse.contiguous()
+    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(11)).to(q.dtype)
+    grads = torch.ops.fastgen.attention_tiled_backward(go, q, k, v, out, lse, mask, scale)
+    want = _reference_grads(q, k, v, go, scale, mask)
+    rtol, atol = {torch.float32: (1e-5, 1e-5), torch.float16: (5e-3, 5e-3), torch.bfloat16: (3e-2, 3e-2)}[q.dtype]
+    for name, g, w, t in zip("qkv", grads, want, (q, k, v)):
+        assert g.dtype == q.dtype and g.shape == t.shape and g.is_contiguous()
+        scale_w = max(w.abs().max().item(), 1.0)  # relative to the gradient's size: it sums over N terms
+        assert_close(g.double() / scale_w, w / scale_w, rtol=rtol, atol=atol, what=f"{what} d{name}")
+    return grads
+
+
+BWD_SHAPES = [(1, 1, 1, 1, 64, None), (2, 3, 37, 37, 32, None), (1, 2, 70, 130, 40, None), (2, 1, 129, 7, 128, None),
+              (1, 2, 17, 200, 80, 80), (2, 2, 6, 11, 64, 32), (1, 1, 65, 97, 40, 80), (1, 1, 3, 5, 8, 3)]
+
+
+@pytest.mark.parametrize("shape", BWD_SHAPES, ids=[str(s) for s in BWD_SHAPES])
+def test_backward_matches_float64_autograd(isa, shape):
+    B, H, Nq, Nk, D, Dv = shape
+    _check_backward(*_qkv(B, H, Nq, Nk, D, Dv), what=f"{isa} {shape}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_backward_half_precision(isa, dtype):
+    _check_backward(*_qkv(2, 2, 70, 100, 64, dtype=dtype), what=f"{isa} {dtype}")
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive", "bool_2d", "key_padding", "first_tile_masked", "per_query"])
+def test_backward_masks(isa, kind):
+    B, H, Nq, Nk = 2, 2, 67, 130
+    q, k, v = _qkv(B, H, Nq, Nk, 64)
+    _check_backward(q, k, v, mask=_masks(B, H, Nq, Nk, torch.float32)[kind], what=f"{isa} {kind}")
+
+
+@pytest.mark.parametrize("lse_from", ["tiled", "aten"])
+def test_backward_fully_masked_rows_get_zero_grads(isa, lse_from):
+    """Either forward's lse works: +inf (tiled) or ATen's value for a fully masked row."""
+    q, k, v = _qkv(2, 2, 70, 130, 64)
+    mask = torch.zeros(70, 130)
+    mask[3] = float("-inf")
+    mask[:, 5] = float("-inf")  # one key nobody attends to: its dk, dv are 0
+    gq, gk, gv = _check_backward(q, k, v, mask=mask, lse_from=lse_from, what=f"{isa} lse from {lse_from}")
+    assert torch.equal(gq[:, :, 3], torch.zeros_like(gq[:, :, 3]))
+    assert torch.equal(gk[:, :, 5], torch.zeros_like(gk[:, :, 5])) and torch.equal(gv[:, :, 5], torch.zeros_like(gv[:, :, 5]))
+
+
+def test_backward_strided_inputs(isa):
+    q, k, v = _qkv(2, 3, 37, 50, 64)
+    out, lse = torch.ops.fastgen.attention_tiled(q, k, v, None, 0.2)
+    go = torch.randn_like(out)
+    want = torch.ops.fastgen.attention_tiled_backward(go, q, k, v, out, lse, None, 0.2)
+    bnhd = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (go, q, k, v, out)]
+    got = torch.ops.fastgen.attention_tiled_backward(*bnhd, lse, None, 0.2)
+    for a, b in zip(got, want):
+        assert_close(a, b, rtol=0, atol=0, what="bnhd")
+
+
+@pytest.mark.parametrize("args, match", [
+    (dict(out=torch.zeros(2, 2, 3, 7)), "out must have shape"),
+    (dict(grad_out=torch.zeros(2, 2, 3, 8, dtype=torch.bfloat16)), "grad_out must have q's dtype"),
+    (dict(lse=torch.zeros(2, 2, 4)), "lse must be a float32"),
+    (dict(lse=torch.zeros(2, 2, 3, dtype=torch.float64)), "lse must be a float32"),
+    (dict(v=torch.zeros(2, 2, 5, 8)), "sequence lengths"),
+])
+def test_backward_bad_input(args, match):
+    a = dict(grad_out=torch.zeros(2, 2, 3, 8), q=torch.zeros(2, 2, 3, 8), k=torch.zeros(2, 2, 4, 8),
+             v=torch.zeros(2, 2, 4, 8), out=torch.zeros(2, 2, 3, 8), lse=torch.zeros(2, 2, 3))
+    a.update(args)
+    with pytest.raises((ValueError, TypeError), match=match):
+        torch.ops.fastgen.attention_tiled_backward(a["grad_out"], a["q"], a["k"], a["v"], a["out"], a["lse"], None, 1.0)
 
 
 # ----------------------------------------------------------------------------- fastgen.functional wiring
@@ -246,8 +342,8 @@ def test_functional_attention_dispatches_to_the_tiled_kernel(monkeypatch):
                          ids=str)
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 def test_grads_through_the_tiled_forward(shape, masked):
-    """The backward consumes the tiled forward's (out, lse): ATen's flash backward where D_v == D,
-    the math backward otherwise; fully masked rows get zero gradients."""
+    """The tiled forward's (out, lse) go to the tiled fused backward (any D_v); fully masked rows get
+    zero gradients. Compared with the float64 path (ATen's kernels)."""
     B, H, Nq, Nk, D, Dv = shape
     q, k, v = (t.requires_grad_() for t in _qkv(B, H, Nq, Nk, D, Dv))
     mask = None
@@ -312,16 +408,17 @@ def test_isa_variants_are_vectorised_at_their_width(tmp_path):
             funcs[cur].append(line)
 
     def body(prefix):
-        names = [n for n in funcs if re.search(rf"::{prefix}\(", n)]
-        assert len(names) == 1, (prefix, list(funcs))
-        return "\n".join(funcs[names[0]])
+        names = [n for n in funcs if re.search(rf"::{prefix}\(", n)]  # with any [clone .constprop] copies
+        assert names, (prefix, list(funcs))
+        return "\n".join(line for n in names for line in funcs[n])
 
-    for fn in ("qk_v4", "pv_v4"):
-        assert "vfmadd231ps" in body(fn) and "zmm" in body(fn), fn
-    for fn in ("qk_v3", "pv_v3"):
-        assert "vfmadd231ps" in body(fn) and "ymm" in body(fn) and "zmm" not in body(fn), fn
-    for lvl in ("v3", "v4"):
-        calls = set(re.findall(r"\bcall\s+[0-9a-f]+ <([^>+]+)", body(f"forward_{lvl}")))
-        local = {c for c in calls if c in funcs and "forward_" not in c}
-        allowed = {c for c in local if re.search(rf"::(qk|pv)_{lvl}\(|::layout\(", c)}
-        assert local == allowed, f"forward_{lvl} calls baseline code: {sorted(local - allowed)}"
+    for lvl, wide, narrow in (("v4", "zmm", None), ("v3", "ymm", "zmm")):
+        for fn in ("gemm_set_rows", "gemm_acc_cols", "gemm_scale_acc_cols"):
+            code = body(f"{fn}_{lvl}")
+            assert "vfmadd231ps" in code and wide in code, f"{fn}_{lvl}"
+            assert narrow is None or narrow not in code, f"{fn}_{lvl} uses {narrow}"
+        for entry in ("forward", "backward"):
+            calls = set(re.findall(r"\bcall\s+[0-9a-f]+ <([^>+]+)", body(f"{entry}_{lvl}")))
+            local = {c for c in calls if c in funcs and not re.search(r"::(forward|backward)_", c)}
+            allowed = {c for c in local if re.search(rf"::gemm_\w+_{lvl}\(|::(bwd_)?layout\(", c)}
+            assert local == allowed, f"{entry}_{lvl} calls baseline code: {sorted(local - allowed)}"

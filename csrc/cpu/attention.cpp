@@ -8,6 +8,12 @@
 //   l = alpha l + sum_j P;  O = alpha O + P V_tile      GEMM 2, (kBM x bn) (bn x Dv)
 // and finally writes out = O / l, lse = m + log l. The Nq x Nk matrix never exists.
 //
+// The backward (one task per (b, h)) packs the head's queries once (scale q and dO as rows and
+// per-block transposes, Delta = rowsum(dO out)), then for each key tile and each query block:
+//   S^T = K (q scale)^T;  P^T = exp(S^T + mask^T - lse);  dP^T = V dO^T;  dS^T = P^T (dP^T - Delta)
+//   dV += P^T dO;  dK += dS^T (q scale);  dQ += dS K  (dQ for the whole head stays in fp32 scratch)
+// -- five GEMMs of the same micro-kernel family, with no transposed copies of K, V, P or dS.
+//
 // Why S is kept transposed ([key][query]): GEMM 1 then broadcasts K elements from K's own rows and
 // loads rows of q^T (packed once per task), GEMM 2 broadcasts P elements and loads V's own rows, so
 // neither K nor V is ever transposed (fp32 K and V are read in place, any row stride), D needs no
@@ -76,83 +82,37 @@ FG_ALWAYS_INLINE void with_const(int n, const F& f) {
   }
 }
 
-// ------------------------------------------------------------------------------- GEMM 1: S^T = K q^T
-// S[r][i] = sum_d K[r][d] qT[d][i], R key rows x NV vectors of query columns.
-template <int W, int R, int NV>
-FG_ALWAYS_INLINE void qk_micro(const float* FG_RESTRICT K, int64_t ldk, const float* FG_RESTRICT qT, int64_t D,
-                               float* FG_RESTRICT S) {
-  using V = typename VecT<W>::type;
-  V acc[R][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
-  for (int64_t d = 0; d < D; ++d) {
-    V b[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) std::memcpy(&b[v], qT + d * kBM + v * W, sizeof(V));
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const V a = K[r * ldk + d] - V{};  // a broadcast (x - 0 is exact, x + 0 is not for -0)
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) std::memcpy(S + r * kBM + v * W, &acc[r][v], sizeof(V));
-}
+// ------------------------------------------------------------------------------- GEMM micro-kernels
+// Every product of the forward and backward is C (M x N) <- A (M x K) B (K x N) with B's rows
+// contiguous (vector loads) and A read one element at a time (broadcasts) at A[r sar + k sak], so
+// either A or A^T can be a stored tile without a transpose. INIT says how C starts:
+enum : int { kSet = 0, kAcc = 1, kScaleAcc = 2 };  // C = AB, C += AB, C = rs[r] C + AB
 
-// S^T rows [0, bn), query columns [0, ni) (ni a multiple of W).
-template <class C>
-FG_ALWAYS_INLINE void qk_tile(const float* K, int64_t ldk, int64_t bn, const float* qT, int64_t D, int64_t ni,
-                              float* S) {
-  constexpr int W = C::W;
-  const int64_t nvec = ni / W;
-  for (int64_t j0 = 0; j0 < bn; j0 += C::MR1) {
-    const int rows = static_cast<int>(std::min<int64_t>(C::MR1, bn - j0));
-    const float* Kj = K + j0 * ldk;
-    for (int64_t v0 = 0; v0 < nvec; v0 += C::NV1) {
-      const int nv = static_cast<int>(std::min<int64_t>(C::NV1, nvec - v0));
-      const float* q = qT + v0 * W;
-      float* s = S + j0 * kBM + v0 * W;
-      if (rows == C::MR1 && nv == C::NV1) {
-        qk_micro<W, C::MR1, C::NV1>(Kj, ldk, q, D, s);
-      } else {
-        with_const<C::MR1>(rows, [&](auto r) FG_LAMBDA_INLINE {
-          with_const<C::NV1>(nv, [&](auto n) FG_LAMBDA_INLINE {
-            qk_micro<W, decltype(r)::value, decltype(n)::value>(Kj, ldk, q, D, s);
-          });
-        });
-      }
-    }
-  }
-}
-
-// ------------------------------------------------------------------------------- GEMM 2: O = alpha O + P V
-// O[r][c] = alpha[r] O[r][c] + sum_j P^T[j][r] V[j][c], R query rows x NV vectors of Dv.
-template <int W, int R, int NV>
-FG_ALWAYS_INLINE void pv_micro(const float* FG_RESTRICT P, const float* FG_RESTRICT Vt, int64_t ldv, int64_t bn,
-                               const float* FG_RESTRICT alpha, float* FG_RESTRICT O, int64_t ldo) {
+template <int W, int R, int NV, int INIT>
+FG_ALWAYS_INLINE void gemm_micro(const float* FG_RESTRICT A, int64_t sar, int64_t sak, const float* FG_RESTRICT B,
+                                 int64_t ldb, int64_t K, float* FG_RESTRICT C, int64_t ldc,
+                                 const float* FG_RESTRICT rs) {
   using V = typename VecT<W>::type;
   V acc[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    const V s = alpha[r] - V{};
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
-      std::memcpy(&acc[r][v], O + r * ldo + v * W, sizeof(V));
-      acc[r][v] *= s;
+      if constexpr (INIT == kSet) {
+        acc[r][v] = V{};
+      } else {
+        std::memcpy(&acc[r][v], C + r * ldc + v * W, sizeof(V));
+        if constexpr (INIT == kScaleAcc) acc[r][v] *= rs[r] - V{};
+      }
     }
   }
-  for (int64_t j = 0; j < bn; ++j) {
+  for (int64_t k = 0; k < K; ++k) {
     V b[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) std::memcpy(&b[v], Vt + j * ldv + v * W, sizeof(V));
+    for (int v = 0; v < NV; ++v) std::memcpy(&b[v], B + k * ldb + v * W, sizeof(V));
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const V a = P[j * kBM + r] - V{};
+      const V a = A[r * sar + k * sak] - V{};  // a broadcast (x - 0 is exact, x + 0 is not for -0)
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
@@ -160,24 +120,42 @@ FG_ALWAYS_INLINE void pv_micro(const float* FG_RESTRICT P, const float* FG_RESTR
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) std::memcpy(O + r * ldo + v * W, &acc[r][v], sizeof(V));
+    for (int v = 0; v < NV; ++v) std::memcpy(C + r * ldc + v * W, &acc[r][v], sizeof(V));
 }
 
-// Query rows [0, nrows) (a multiple of MR2), Dv columns [0, dvp) (a multiple of W). The Dv chunk is
-// the outer loop so its slice of the V tile stays in L1 while the row blocks stream P.
-template <class C>
-FG_ALWAYS_INLINE void pv_tile(const float* P, const float* Vt, int64_t ldv, int64_t bn, const float* alpha, float* O,
-                              int64_t ldo, int64_t nrows) {
-  constexpr int W = C::W;
-  const int64_t nvec = ldo / W;
-  for (int64_t c0 = 0; c0 < nvec; c0 += C::NV2) {
-    const int nv = static_cast<int>(std::min<int64_t>(C::NV2, nvec - c0));
-    with_const<C::NV2>(nv, [&](auto n) FG_LAMBDA_INLINE {
-      for (int64_t i0 = 0; i0 < nrows; i0 += C::MR2)
-        pv_micro<W, C::MR2, decltype(n)::value>(P + i0, Vt + c0 * W, ldv, bn, alpha + i0, O + i0 * ldo + c0 * W, ldo);
+// C (M x N, N a multiple of W) in MR x NVMAX-vector tiles plus tails. Column chunks are the outer
+// loop, so the chunk of B (a K x NVMAX W panel) stays in L1 while the row blocks stream A.
+template <int W, int MR, int NVMAX, int INIT>
+FG_ALWAYS_INLINE void gemm(const float* A, int64_t sar, int64_t sak, const float* B, int64_t ldb, int64_t K, float* C,
+                           int64_t ldc, const float* rs, int64_t M, int64_t N) {
+  const int64_t nvec = N / W;
+  for (int64_t c0 = 0; c0 < nvec; c0 += NVMAX) {
+    const int nv = static_cast<int>(std::min<int64_t>(NVMAX, nvec - c0));
+    with_const<NVMAX>(nv, [&](auto n) FG_LAMBDA_INLINE {
+      constexpr int NVc = decltype(n)::value;
+      const float* Bc = B + c0 * W;
+      float* Cc = C + c0 * W;
+      int64_t r0 = 0;
+      for (; r0 + MR <= M; r0 += MR)
+        gemm_micro<W, MR, NVc, INIT>(A + r0 * sar, sar, sak, Bc, ldb, K, Cc + r0 * ldc, ldc, rs ? rs + r0 : rs);
+      if (r0 < M) {
+        with_const<MR - 1>(static_cast<int>(M - r0), [&](auto r) FG_LAMBDA_INLINE {
+          gemm_micro<W, decltype(r)::value, NVc, INIT>(A + r0 * sar, sar, sak, Bc, ldb, K, Cc + r0 * ldc, ldc,
+                                                       rs ? rs + r0 : rs);
+        });
+      }
     });
   }
 }
+
+// The GEMMs of one ISA level (not inlined: one copy per level, shared by the dtypes and passes).
+// "rows" blocking (MR1 x NV1): N is a block of queries (S^T, dP^T); "cols" (MR2 x NV2): N is a
+// head dim (O, dV, dK, dQ).
+struct Gemms {
+  using Fn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t, const float*,
+                      int64_t, int64_t);
+  Fn set_rows, acc_cols, scale_acc_cols;
+};
 
 // ------------------------------------------------------------------------------- one task
 // Per-thread scratch (fp32, each piece 64-byte aligned).
@@ -208,12 +186,27 @@ Layout layout(const AttentionArgs& a) {
   return L;
 }
 
-using QkFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*);
-using PvFn = void (*)(const float*, const float*, int64_t, int64_t, const float*, float*, int64_t, int64_t);
+// S^T[j][i] += mask[i][j0 + j] for the tile (mask at the task's first query row).
+template <typename T>
+FG_ALWAYS_INLINE void add_mask(float* FG_RESTRICT S, const T* FG_RESTRICT mask, const int64_t* ms, int64_t j0,
+                               int64_t bn, int64_t nq, int64_t ni) {
+  if (ms[2] == 0) {  // the same mask row for every query (key padding): one value per row of S^T
+    for (int64_t j = 0; j < bn; ++j) {
+      const float mj = to_float(mask[(j0 + j) * ms[3]]);
+#pragma omp simd
+      for (int64_t i = 0; i < ni; ++i) S[j * kBM + i] += mj;
+    }
+  } else {
+    for (int64_t i = 0; i < nq; ++i) {
+      const T* FG_RESTRICT mrow = mask + i * ms[2] + j0 * ms[3];
+      for (int64_t j = 0; j < bn; ++j) S[j * kBM + i] += to_float(mrow[j * ms[3]]);
+    }
+  }
+}
 
 template <typename T>
-FG_ALWAYS_INLINE void forward_task(const AttentionArgs& a, const Layout& L, int64_t task, float* scratch, QkFn qk,
-                                   PvFn pv) {
+FG_ALWAYS_INLINE void forward_task(const AttentionArgs& a, const Layout& L, int64_t task, float* scratch,
+                                   const Gemms& g) {
   const int64_t nqb = (a.Nq + kBM - 1) / kBM;
   const int64_t bh = task / nqb, i0 = (task % nqb) * kBM, b = bh / a.H, h = bh % a.H;
   const int64_t nq = std::min(kBM, a.Nq - i0), ni = round_up(nq, kPad);
@@ -286,22 +279,9 @@ FG_ALWAYS_INLINE void forward_task(const AttentionArgs& a, const Layout& L, int6
       ldv = dvp;
     }
 
-    qk(Kt, ldk, bn, qT, D, ni, S);
+    g.set_rows(Kt, ldk, 1, qT, kBM, D, S, kBM, nullptr, bn, ni);  // S^T = K (scale q)^T
 
-    if (mask) {
-      if (ms[2] == 0) {  // the same mask row for every query (key padding): one value per row of S^T
-        for (int64_t j = 0; j < bn; ++j) {
-          const float mj = to_float(mask[(j0 + j) * ms[3]]);
-#pragma omp simd
-          for (int64_t i = 0; i < ni; ++i) S[j * kBM + i] += mj;
-        }
-      } else {
-        for (int64_t i = 0; i < nq; ++i) {
-          const T* FG_RESTRICT mrow = mask + i * ms[2] + j0 * ms[3];
-          for (int64_t j = 0; j < bn; ++j) S[j * kBM + i] += to_float(mrow[j * ms[3]]);
-        }
-      }
-    }
+    if (mask) add_mask(S, mask, ms, j0, bn, nq, ni);
 
     // Online softmax over the tile's keys, vectorised across queries.
 #pragma omp simd
@@ -332,7 +312,7 @@ FG_ALWAYS_INLINE void forward_task(const AttentionArgs& a, const Layout& L, int6
 #pragma omp simd
     for (int64_t i = 0; i < ni; ++i) l[i] = alpha[i] * l[i] + rsum[i];
 
-    pv(S, Vt, ldv, bn, alpha, O, dvp, nrows);
+    g.scale_acc_cols(S, 1, kBM, Vt, ldv, bn, O, dvp, alpha, nrows, dvp);  // O = alpha O + P V
   }
 
   T* out = static_cast<T*>(a.out) + (bh * a.Nq + i0) * Dv;
@@ -349,29 +329,204 @@ FG_ALWAYS_INLINE void forward_task(const AttentionArgs& a, const Layout& L, int6
 }
 
 template <typename T>
-FG_ALWAYS_INLINE void forward_range(const AttentionArgs& a, int64_t begin, int64_t end, float* scratch, QkFn qk,
-                                    PvFn pv) {
+FG_ALWAYS_INLINE void forward_range(const AttentionArgs& a, int64_t begin, int64_t end, float* scratch,
+                                    const Gemms& g) {
   const Layout L = layout(a);
-  for (int64_t t = begin; t < end; ++t) forward_task<T>(a, L, t, scratch, qk, pv);
+  for (int64_t t = begin; t < end; ++t) forward_task<T>(a, L, t, scratch, g);
 }
 
-// One variant per ISA level: the GEMM tiles (not inlined: one copy per level, shared by the dtypes)
-// and the dtype entry points.
+
+// ------------------------------------------------------------------------------- backward
+struct BwdLayout {
+  int64_t qT, qs, dOT, dO, delta, lse, dQ, Kc, Vc, dK, dV, P, dP, total;
+};
+
+BwdLayout bwd_layout(const AttentionBackwardArgs& a) {
+  const int64_t nqp = round_up(std::max<int64_t>(a.Nq, 1), kBM);
+  const int64_t Dp = round_up(a.D, kPad), dvp = round_up(a.Dv, kPad);
+  BwdLayout L{};
+  int64_t off = 0;
+  auto take = [&](int64_t n) {
+    const int64_t o = off;
+    off += round_up(std::max<int64_t>(n, 1), 16);
+    return o;
+  };
+  L.qT = take(nqp * a.D);   // per query block: (scale q)^T, D x kBM
+  L.qs = take(nqp * Dp);    // scale q, rows
+  L.dOT = take(nqp * a.Dv);  // per query block: dO^T, Dv x kBM
+  L.dO = take(nqp * dvp);   // dO, rows
+  L.delta = take(nqp);
+  L.lse = take(nqp);
+  L.dQ = take(nqp * Dp);
+  L.Kc = take(kBN * Dp);
+  L.Vc = take(kBN * dvp);
+  L.dK = take(kBN * Dp);
+  L.dV = take(kBN * dvp);
+  L.P = take(kBN * kBM);
+  L.dP = take(kBN * kBM);
+  L.total = off;
+  return L;
+}
+
+// rows [0, n) of src (row stride ld) as fp32 rows of width wp (zero padded from w), optionally scaled
+template <typename T>
+FG_ALWAYS_INLINE void load_rows(float* FG_RESTRICT dst, const T* FG_RESTRICT src, int64_t ld, int64_t n, int64_t w,
+                                int64_t wp, float scale) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T* FG_RESTRICT s = src + r * ld;
+    float* FG_RESTRICT d = dst + r * wp;
+#pragma omp simd
+    for (int64_t c = 0; c < w; ++c) d[c] = scale * to_float(s[c]);
+    for (int64_t c = w; c < wp; ++c) d[c] = 0.0f;
+  }
+}
+
+// rows of fp32 src (row stride wp) times scale into storage rows of width w (contiguous)
+template <typename T>
+FG_ALWAYS_INLINE void store_rows(T* FG_RESTRICT dst, const float* FG_RESTRICT src, int64_t n, int64_t w, int64_t wp,
+                                 float scale) {
+  for (int64_t r = 0; r < n; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < w; ++c) dst[r * w + c] = from_float<T>(scale * src[r * wp + c]);
+  }
+}
+
+// per query block: the block's rows (kBM x w, row stride wp) transposed into w x kBM
+FG_ALWAYS_INLINE void transpose_blocks(float* FG_RESTRICT dst, const float* FG_RESTRICT rows, int64_t nqb, int64_t w,
+                                       int64_t wp) {
+  for (int64_t qb = 0; qb < nqb; ++qb) {
+    const float* FG_RESTRICT r = rows + qb * kBM * wp;
+    float* FG_RESTRICT d = dst + qb * w * kBM;
+    for (int64_t c = 0; c < w; ++c)
+#pragma omp simd
+      for (int64_t i = 0; i < kBM; ++i) d[c * kBM + i] = r[i * wp + c];
+  }
+}
+
+template <typename T>
+FG_ALWAYS_INLINE void backward_task(const AttentionBackwardArgs& a, const BwdLayout& L, int64_t bh, float* scratch,
+                                    const Gemms& g) {
+  const int64_t b = bh / a.H, h = bh % a.H;
+  const int64_t Nq = a.Nq, Nk = a.Nk, D = a.D, Dv = a.Dv;
+  const int64_t nqb = (Nq + kBM - 1) / kBM, nqp = nqb * kBM;
+  const int64_t Dp = round_up(D, kPad), dvp = round_up(Dv, kPad);
+  auto base = [&](const void* p, const int64_t* st) {
+    return static_cast<const T*>(p) + b * st[0] + h * st[1];
+  };
+  const T* q = base(a.q, a.q_stride);
+  const T* k = base(a.k, a.k_stride);
+  const T* v = base(a.v, a.v_stride);
+  const T* o = base(a.out, a.out_stride);
+  const T* go = base(a.grad_out, a.grad_out_stride);
+  const int64_t* ms = a.mask_stride;
+  const T* mask = a.mask ? static_cast<const T*>(a.mask) + b * ms[0] + h * ms[1] : nullptr;
+  const float* lse_in = a.lse + bh * Nq;
+
+  float* FG_RESTRICT qT = scratch + L.qT;
+  float* FG_RESTRICT qs = scratch + L.qs;
+  float* FG_RESTRICT dOT = scratch + L.dOT;
+  float* FG_RESTRICT dO = scratch + L.dO;
+  float* FG_RESTRICT delta = scratch + L.delta;
+  float* FG_RESTRICT lse = scratch + L.lse;
+  float* FG_RESTRICT dQ = scratch + L.dQ;
+  float* FG_RESTRICT Kc = scratch + L.Kc;
+  float* FG_RESTRICT Vc = scratch + L.Vc;
+  float* FG_RESTRICT dK = scratch + L.dK;
+  float* FG_RESTRICT dV = scratch + L.dV;
+  float* FG_RESTRICT P = scratch + L.P;
+  float* FG_RESTRICT dP = scratch + L.dP;
+
+  // The whole head's queries once: scale q and dO as fp32 rows and per-block transposes,
+  // Delta = rowsum(dO * out), lse; padding rows are 0 with lse = +inf, so their P is 0.
+  load_rows(qs, q, a.q_stride[2], Nq, D, Dp, a.scale);
+  load_rows(dO, go, a.grad_out_stride[2], Nq, Dv, dvp, 1.0f);
+  std::memset(qs + Nq * Dp, 0, sizeof(float) * static_cast<size_t>((nqp - Nq) * Dp));
+  std::memset(dO + Nq * dvp, 0, sizeof(float) * static_cast<size_t>((nqp - Nq) * dvp));
+  transpose_blocks(qT, qs, nqb, D, Dp);
+  transpose_blocks(dOT, dO, nqb, Dv, dvp);
+  for (int64_t i = 0; i < Nq; ++i) {
+    const T* FG_RESTRICT orow = o + i * a.out_stride[2];
+    const float* FG_RESTRICT drow = dO + i * dvp;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t c = 0; c < Dv; ++c) acc += drow[c] * to_float(orow[c]);
+    delta[i] = acc;
+    lse[i] = lse_in[i];
+  }
+  for (int64_t i = Nq; i < nqp; ++i) {
+    delta[i] = 0.0f;
+    lse[i] = kInf;
+  }
+  std::memset(dQ, 0, sizeof(float) * static_cast<size_t>(nqp * Dp));
+
+  for (int64_t j0 = 0; j0 < Nk; j0 += kBN) {
+    const int64_t bn = std::min(kBN, Nk - j0);
+    load_rows(Kc, k + j0 * a.k_stride[2], a.k_stride[2], bn, D, Dp, 1.0f);
+    load_rows(Vc, v + j0 * a.v_stride[2], a.v_stride[2], bn, Dv, dvp, 1.0f);
+    std::memset(dK, 0, sizeof(float) * static_cast<size_t>(bn * Dp));
+    std::memset(dV, 0, sizeof(float) * static_cast<size_t>(bn * dvp));
+    for (int64_t qb = 0; qb < nqb; ++qb) {
+      const int64_t i0 = qb * kBM, nq = std::min(kBM, Nq - i0), ni = round_up(nq, kPad);
+      g.set_rows(Kc, Dp, 1, qT + qb * D * kBM, kBM, D, P, kBM, nullptr, bn, ni);       // S^T = K (scale q)^T
+      if (mask) add_mask(P, mask + i0 * ms[2], ms, j0, bn, nq, ni);
+      g.set_rows(Vc, dvp, 1, dOT + qb * Dv * kBM, kBM, Dv, dP, kBM, nullptr, bn, ni);  // dP^T = V dO^T
+      const float* FG_RESTRICT l = lse + i0;
+      const float* FG_RESTRICT dl = delta + i0;
+      for (int64_t j = 0; j < bn; ++j) {
+        float* FG_RESTRICT p = P + j * kBM;
+        float* FG_RESTRICT dp = dP + j * kBM;
+#pragma omp simd
+        for (int64_t i = 0; i < ni; ++i) {
+          const float pv = exp_nonpos(p[i] - l[i]);
+          p[i] = pv;
+          dp[i] = pv * (dp[i] - dl[i]);  // dS^T
+        }
+      }
+      g.acc_cols(P, kBM, 1, dO + i0 * dvp, dvp, nq, dV, dvp, nullptr, bn, dvp);       // dV += P^T dO
+      g.acc_cols(dP, kBM, 1, qs + i0 * Dp, Dp, nq, dK, Dp, nullptr, bn, Dp);          // dK += dS^T (scale q)
+      g.acc_cols(dP, 1, kBM, Kc, Dp, bn, dQ + i0 * Dp, Dp, nullptr, round_up(nq, 4), Dp);  // dQ += dS K
+    }
+    store_rows(static_cast<T*>(a.grad_k) + (bh * Nk + j0) * D, dK, bn, D, Dp, 1.0f);
+    store_rows(static_cast<T*>(a.grad_v) + (bh * Nk + j0) * Dv, dV, bn, Dv, dvp, 1.0f);
+  }
+  store_rows(static_cast<T*>(a.grad_q) + bh * Nq * D, dQ, Nq, D, Dp, a.scale);
+}
+
+template <typename T>
+FG_ALWAYS_INLINE void backward_range(const AttentionBackwardArgs& a, int64_t begin, int64_t end, float* scratch,
+                                     const Gemms& g) {
+  const BwdLayout L = bwd_layout(a);
+  for (int64_t t = begin; t < end; ++t) backward_task<T>(a, L, t, scratch, g);
+}
+
+// One variant per ISA level: its GEMMs and the dtype entry points.
+#define FG_GEMM_FN(TARGET, NAME, CFG, MR, NV, INIT)                                                              \
+  TARGET __attribute__((noinline)) void NAME(const float* A, int64_t sar, int64_t sak, const float* B,         \
+                                             int64_t ldb, int64_t K, float* C, int64_t ldc, const float* rs,   \
+                                             int64_t M, int64_t N) {                                           \
+    gemm<CFG::W, CFG::MR, CFG::NV, INIT>(A, sar, sak, B, ldb, K, C, ldc, rs, M, N);                             \
+  }
+
 #define FG_ATTN_VARIANT(TARGET, SUF, CFG)                                                                         \
-  TARGET __attribute__((noinline)) void qk_##SUF(const float* K, int64_t ldk, int64_t bn, const float* qT,      \
-                                                 int64_t D, int64_t ni, float* S) {                            \
-    qk_tile<CFG>(K, ldk, bn, qT, D, ni, S);                                                                     \
-  }                                                                                                             \
-  TARGET __attribute__((noinline)) void pv_##SUF(const float* P, const float* Vt, int64_t ldv, int64_t bn,      \
-                                                 const float* alpha, float* O, int64_t ldo, int64_t nrows) {   \
-    pv_tile<CFG>(P, Vt, ldv, bn, alpha, O, ldo, nrows);                                                         \
-  }                                                                                                             \
+  FG_GEMM_FN(TARGET, gemm_set_rows_##SUF, CFG, MR1, NV1, kSet)                                                  \
+  FG_GEMM_FN(TARGET, gemm_acc_cols_##SUF, CFG, MR2, NV2, kAcc)                                                  \
+  FG_GEMM_FN(TARGET, gemm_scale_acc_cols_##SUF, CFG, MR2, NV2, kScaleAcc)                                       \
+  constexpr Gemms kGemms_##SUF{gemm_set_rows_##SUF, gemm_acc_cols_##SUF, gemm_scale_acc_cols_##SUF};             \
   TARGET void forward_##SUF(DType dt, const AttentionArgs& a, int64_t begin, int64_t end, float* scratch) {      \
     switch (dt) {                                                                                               \
-      case DType::Float32: forward_range<float>(a, begin, end, scratch, qk_##SUF, pv_##SUF); break;             \
-      case DType::Float16: forward_range<f16_t>(a, begin, end, scratch, qk_##SUF, pv_##SUF); break;             \
-      case DType::BFloat16: forward_range<bf16_t>(a, begin, end, scratch, qk_##SUF, pv_##SUF); break;           \
+      case DType::Float32: forward_range<float>(a, begin, end, scratch, kGemms_##SUF); break;                   \
+      case DType::Float16: forward_range<f16_t>(a, begin, end, scratch, kGemms_##SUF); break;                   \
+      case DType::BFloat16: forward_range<bf16_t>(a, begin, end, scratch, kGemms_##SUF); break;                 \
       default: break; /* the torch layer rejects other dtypes */                                                \
+    }                                                                                                           \
+  }                                                                                                             \
+  TARGET void backward_##SUF(DType dt, const AttentionBackwardArgs& a, int64_t begin, int64_t end,              \
+                             float* scratch) {                                                                  \
+    switch (dt) {                                                                                               \
+      case DType::Float32: backward_range<float>(a, begin, end, scratch, kGemms_##SUF); break;                  \
+      case DType::Float16: backward_range<f16_t>(a, begin, end, scratch, kGemms_##SUF); break;                  \
+      case DType::BFloat16: backward_range<bf16_t>(a, begin, end, scratch, kGemms_##SUF); break;                \
+      default: break;                                                                                           \
     }                                                                                                           \
   }
 
@@ -409,6 +564,18 @@ void attention_forward(DType dt, const AttentionArgs& a, int level, int64_t begi
   if (level == 1) return forward_v3(dt, a, begin, end, scratch);
 #endif
   forward_v0(dt, a, begin, end, scratch);
+}
+
+int64_t attention_backward_scratch_floats(const AttentionBackwardArgs& a) { return bwd_layout(a).total; }
+
+void attention_backward(DType dt, const AttentionBackwardArgs& a, int level, int64_t begin, int64_t end,
+                        float* scratch) {
+  level = std::min(level, attention_cpu_level());
+#if FG_ATTN_MULTI_ISA
+  if (level >= 2) return backward_v4(dt, a, begin, end, scratch);
+  if (level == 1) return backward_v3(dt, a, begin, end, scratch);
+#endif
+  backward_v0(dt, a, begin, end, scratch);
 }
 
 }  // namespace cpu

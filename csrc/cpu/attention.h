@@ -44,5 +44,32 @@ int64_t attention_scratch_floats(const AttentionArgs& a);
 // Tasks [begin, end) at ISA level min(level, attention_cpu_level()).
 void attention_forward(DType dt, const AttentionArgs& a, int level, int64_t begin, int64_t end, float* scratch);
 
+// ---- fused backward (FlashAttention-2 style): P recomputed from lse, Delta = rowsum(dO * out),
+// dV = P^T dO, dS = P (dO V^T - Delta), dQ = scale dS K, dK = scale dS^T q. One task = one (b, h):
+// it keeps dQ of the whole head in fp32 scratch and walks the key tiles, finishing dK, dV of each.
+// lse: (B, H, Nq) contiguous fp32, ATen's convention or the forward's (+inf or anything finite for
+// fully masked rows: their P is 0 either way). grad_q / grad_k / grad_v contiguous, q's dtype.
+struct AttentionBackwardArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* out;
+  const void* grad_out;
+  const void* mask;
+  const float* lse;
+  void* grad_q;
+  void* grad_k;
+  void* grad_v;
+  int64_t B, H, Nq, Nk, D, Dv;
+  int64_t q_stride[3], k_stride[3], v_stride[3], out_stride[3], grad_out_stride[3];
+  int64_t mask_stride[4];
+  float scale;
+};
+
+int64_t attention_backward_scratch_floats(const AttentionBackwardArgs& a);
+// Tasks (b H + h) in [begin, end).
+void attention_backward(DType dt, const AttentionBackwardArgs& a, int level, int64_t begin, int64_t end,
+                        float* scratch);
+
 }  // namespace cpu
 }  // namespace fastgen

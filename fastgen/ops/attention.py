@@ -11,9 +11,10 @@ Implementations (see fastgen.backend):
   cpp     (CPU, the default there) the op ``torch.ops.fastgen.attention`` runs fastgen's own tiled
           flash-attention kernel ``torch.ops.fastgen.attention_tiled`` (csrc/cpu/attention.cpp:
           online softmax over key tiles, fp32 math, O(N) extra memory, any head dims incl. D_v != D,
-          strided q/k/v read in place); it returns the log-sum-exp in ATen's convention (fp32,
-          natural log, (B, H, N_q); +inf for fully masked rows), so the backward is ATen's fused
-          flash backward where D_v == D (the math backward otherwise). float64 runs the torch path.
+          strided q/k/v read in place) and ``attention_backward`` its fused FlashAttention-2 style
+          backward ``attention_tiled_backward`` (P recomputed from the saved log-sum-exp). lse is in
+          ATen's convention (fp32, natural log, (B, H, N_q); +inf for fully masked rows), so either
+          backward can consume either forward's (out, lse). float64 runs the torch path.
   torch   on CPU the op runs ATen's fused flash-attention CPU kernel (tiled, online softmax, O(N)
           extra memory; it saves the log-sum-exp) and ``attention_backward`` its fused backward; on
           other devices (and for a value head dim different from the query's) it calls the public
@@ -23,13 +24,14 @@ Implementations (see fastgen.backend):
   attention_reference — the oracle: explicit softmax in fp32 (float64 stays float64); also the
           path for ``dropout_p > 0`` (dropout mask from ``generator``) and for masks that require grad.
 
-CPU dispatch rule (auto): the tiled kernel for float32 / float16 / bfloat16 whenever the extension is
-built, ATen for float64. Measured on a 2-core Zen5 (AVX-512), forward only, medians of interleaved
-runs (benchmarks/bench_attention_cpu_tiled.py; docs/ops.md has the table): the tiled kernel was
-1.4-2.7x faster than ATen's flash kernel at every shape tried, 1 and 2 threads -- diffusion U-Net
-and SAGAN self-attention (N = 64 .. 4096, D = 32 .. 128), cross-attention (N_kv = 16, 77), tiny
-shapes (N < 40) -- and 2.7-6x for float16 (ATen's CPU kernel has no fast float16 path). No shape
-class lost, so the rule has no size threshold; ``impl="torch"`` still forces ATen.
+CPU dispatch rule (auto): the tiled kernels for float32 / float16 / bfloat16 whenever the extension
+is built, ATen's for float64. Measured on a 2-core Zen5 (AVX-512), medians of interleaved runs
+(benchmarks/bench_attention_cpu_tiled.py; docs/performance.md has the table): the tiled forward
+was 1.9-2.6x and the tiled backward 1.5-2.7x faster than ATen's flash kernels at every shape
+tried, 1 and 2 threads -- diffusion U-Net and SAGAN self-attention (N = 64 .. 4096, D = 32 .. 128),
+cross-attention (N_kv = 16, 77), tiny shapes (N < 40) -- and more for float16 (ATen's CPU kernel
+has no fast float16 path). No shape class lost, so the rule has no size threshold;
+``impl="torch"`` still forces ATen.
 The Triton flash-attention kernels come next (issue 5).
 """
 from __future__ import annotations
@@ -115,6 +117,10 @@ def _register_tiled() -> bool:
         B, H, Nq, _ = q.shape
         return q.new_empty((B, H, Nq, v.shape[-1])), q.new_empty((B, H, Nq), dtype=torch.float32)
 
+    @torch.library.register_fake("fastgen::attention_tiled_backward")
+    def _(grad_out, q, k, v, out, lse, mask, scale):
+        return q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape)
+
     return True
 
 
@@ -152,7 +158,10 @@ def _(q, k, v, mask, scale, tiled=False):
 @torch.library.custom_op("fastgen::attention_backward", mutates_args=())
 def _attention_backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            out: torch.Tensor, lse: torch.Tensor, mask: Optional[torch.Tensor],
-                           scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           scale: float, tiled: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``tiled``: the forward was the tiled kernel; its fused backward runs (any D_v)."""
+    if tiled:
+        return torch.ops.fastgen.attention_tiled_backward(grad_out, q, k, v, out, lse, mask, scale)
     if _flash_cpu(q, v):  # lse from ATen's forward or the tiled one (same convention)
         q, k, v = _unit_stride(q, k, v)
         gq, gk, gv = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
@@ -176,15 +185,16 @@ def _math_backward(grad_out, q, k, v, mask, scale):
 
 
 @_attention_backward_op.register_fake
-def _(grad_out, q, k, v, out, lse, mask, scale):
+def _(grad_out, q, k, v, out, lse, mask, scale, tiled=False):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_fwd(ctx, inputs, output):
-    q, k, v, mask, scale, _tiled = inputs
+    q, k, v, mask, scale, tiled = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, mask)
     ctx.scale = scale
+    ctx.tiled = tiled
     ctx.mark_non_differentiable(lse)
 
 
@@ -192,12 +202,12 @@ def _backward_fwd(ctx, grad_out, _grad_lse):
     q, k, v, out, lse, mask = ctx.saved_tensors
     if grad_out is None:
         return None, None, None, None, None, None
-    gq, gk, gv = torch.ops.fastgen.attention_backward(grad_out, q, k, v, out, lse, mask, ctx.scale)
+    gq, gk, gv = torch.ops.fastgen.attention_backward(grad_out, q, k, v, out, lse, mask, ctx.scale, ctx.tiled)
     return gq, gk, gv, None, None, None
 
 
 def _setup_bwd(ctx, inputs, output):
-    grad_out, q, k, v, _out, _lse, mask, scale = inputs
+    grad_out, q, k, v, _out, _lse, mask, scale, _tiled = inputs
     ctx.save_for_backward(grad_out, q, k, v, mask)
     ctx.scale = scale
 
@@ -208,7 +218,7 @@ def _backward_bwd(ctx, ugq, ugk, ugv):
     work as well)."""
     grad_out, q, k, v, mask = ctx.saved_tensors
     need = ctx.needs_input_grad[:4]
-    res = [None] * 8
+    res = [None] * 9
     ups = [(t, u) for t, u in zip((q, k, v), (ugq, ugk, ugv)) if u is not None]
     if not ups or not any(need):
         return tuple(res)
