@@ -27,7 +27,7 @@ Implementations (see fastgen.backend):
 CPU dispatch rule (auto): the tiled kernels for float32 / float16 / bfloat16 whenever the extension
 is built, ATen's for float64. Measured on a 2-core Zen5 (AVX-512), medians of interleaved runs
 (benchmarks/bench_attention_cpu_tiled.py; docs/performance.md has the table): the tiled forward
-was 1.9-2.6x and the tiled backward 1.5-2.7x faster than ATen's flash kernels at every shape
+was 1.9-2.7x and the tiled backward 1.5-2.5x faster than ATen's flash kernels at every shape
 tried, 1 and 2 threads -- diffusion U-Net and SAGAN self-attention (N = 64 .. 4096, D = 32 .. 128),
 cross-attention (N_kv = 16, 77), tiny shapes (N < 40) -- and more for float16 (ATen's CPU kernel
 has no fast float16 path). No shape class lost, so the rule has no size threshold;
