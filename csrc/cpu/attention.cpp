@@ -1,4 +1,4 @@
-// fastgen's tiled CPU attention forward (see attention.h).
+// fastgen's tiled CPU attention, forward and fused backward (see attention.h).
 //
 // One task = (b, h, block of kBM query rows). It keeps, for its rows, an fp32 output accumulator O
 // (kBM x Dv), the running max m and running sum l of the online softmax, and walks the keys in
@@ -57,9 +57,9 @@ constexpr int64_t kPad = 16;  // query blocks and Dv are padded to 16 floats (a 
 constexpr int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// Per-ISA register blocking. GEMM 1: MR1 key rows x NV1 vectors of query columns (MR1 NV1
-// accumulators + NV1 loads + 1 broadcast must fit the register file); GEMM 2: MR2 query rows x up
-// to NV2 vectors of Dv.
+// Per-ISA register blocking (MR NV accumulators + NV loads + 1 broadcast must fit the register
+// file). "rows" GEMMs (N = a block of queries: S^T, dP^T): MR1 rows x NV1 vectors; "cols" GEMMs
+// (N = a head dim: O, dV, dK, dQ): MR2 rows x up to NV2 vectors.
 struct CfgV4 { static constexpr int W = 16, MR1 = 6, NV1 = 4, MR2 = 4, NV2 = 6; };  // 32 zmm
 struct CfgV3 { static constexpr int W = 8, MR1 = 6, NV1 = 2, MR2 = 4, NV2 = 3; };   // 16 ymm
 struct CfgV0 { static constexpr int W = 4, MR1 = 6, NV1 = 2, MR2 = 4, NV2 = 3; };   // 16 xmm

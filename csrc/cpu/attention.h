@@ -1,4 +1,4 @@
-// fastgen's tiled (flash-attention style) CPU attention forward: raw pointers, no torch headers.
+// fastgen's tiled (flash-attention style) CPU attention, forward and fused backward: raw pointers, no torch headers.
 //
 //   out = softmax(scale q k^T + mask) v,   lse = log sum_j exp(scale q k^T + mask)   (natural log)
 //
