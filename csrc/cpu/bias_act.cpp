@@ -137,25 +137,17 @@ FG_BA_CLONES(f32, float)
 FG_BA_CLONES(f16, f16_t)
 FG_BA_CLONES(bf16, bf16_t)
 
-#define FG_BA_DT_DISPATCH(dt, NAME, ...)                     \
-  switch (dt) {                                              \
-    case DType::Float32: NAME##_f32(__VA_ARGS__); break;     \
-    case DType::Float16: NAME##_f16(__VA_ARGS__); break;     \
-    case DType::BFloat16: NAME##_bf16(__VA_ARGS__); break;   \
-    default: break; /* the torch layer rejects other dtypes */ \
-  }
-
 }  // namespace
 
 void bias_act_forward(DType dt, const BiasActArgs& a, int64_t begin, int64_t end) {
-  FG_BA_DT_DISPATCH(dt, fwd, a, begin, end)
+  FG_DT_DISPATCH(dt, fwd, a, begin, end)
 }
 
 void bias_act_grad(DType dt, const BiasActArgs& a, int order, int64_t begin, int64_t end) {
   if (order == 1) {
-    FG_BA_DT_DISPATCH(dt, grad1, a, begin, end)
+    FG_DT_DISPATCH(dt, grad1, a, begin, end)
   } else {
-    FG_BA_DT_DISPATCH(dt, grad2, a, begin, end)
+    FG_DT_DISPATCH(dt, grad2, a, begin, end)
   }
 }
 

@@ -374,14 +374,6 @@ FG_GN_CLONES(f32, float)
 FG_GN_CLONES(f16, f16_t)
 FG_GN_CLONES(bf16, bf16_t)
 
-#define FG_DT_DISPATCH(dt, NAME, ...)                        \
-  switch (dt) {                                              \
-    case DType::Float32: NAME##_f32(__VA_ARGS__); break;     \
-    case DType::Float16: NAME##_f16(__VA_ARGS__); break;     \
-    case DType::BFloat16: NAME##_bf16(__VA_ARGS__); break;   \
-    default: break; /* the torch layer rejects other dtypes */ \
-  }
-
 }  // namespace
 
 void group_norm_forward_nchw(DType dt, const GroupNormArgs& a, int64_t begin, int64_t end) {

@@ -24,6 +24,15 @@
 #define FG_LAMBDA_INLINE
 #endif
 
+// Call NAME##_f32 / _f16 / _bf16 (per-dtype entry points, each compiled with FG_CLONES) for a DType.
+#define FG_DT_DISPATCH(dt, NAME, ...)                        \
+  switch (dt) {                                              \
+    case DType::Float32: NAME##_f32(__VA_ARGS__); break;     \
+    case DType::Float16: NAME##_f16(__VA_ARGS__); break;     \
+    case DType::BFloat16: NAME##_bf16(__VA_ARGS__); break;   \
+    default: break; /* the torch layers reject other dtypes */ \
+  }
+
 namespace fastgen {
 namespace cpu {
 

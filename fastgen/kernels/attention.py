@@ -174,6 +174,31 @@ def _probs_grad(q, k_t, v_t, do, lse2, delta, mask_ptrs, grow, rows, cols, start
     return pd, ds
 
 
+@triton.jit
+def _rows_bwd(q_base, do_base, Lse, Delta, bh, rows, offs_d, offs_dv, sqm, sqd, sdm, sdd, Nq, D, DV):
+    """The backward's per-query-row inputs: q [M, D], dO [M, DV], lse * log2(e) (+inf past N_q, so
+    P = 0 there) and delta [M]."""
+    row_ok = rows < Nq
+    q = tl.load(q_base + rows[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    do = tl.load(do_base + rows[:, None] * sdm + offs_dv[None, :] * sdd,
+                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    lse2 = tl.load(Lse + bh * Nq + rows, mask=row_ok, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(Delta + bh * Nq + rows, mask=row_ok, other=0.0)
+    return q, do, lse2, delta
+
+
+@triton.jit
+def _kv_t(k_base, v_base, cols, offs_d, offs_dv, skn, skd, svn, svd, Nk, D, DV):
+    """K^T [D, N] and V^T [DV, N] tiles (zero past N_kv and the head dims)."""
+    col_ok = cols < Nk
+    k_t = tl.load(k_base + cols[None, :] * skn + offs_d[:, None] * skd,
+                  mask=(offs_d[:, None] < D) & col_ok[None, :], other=0.0)
+    v_t = tl.load(v_base + cols[None, :] * svn + offs_dv[:, None] * svd,
+                  mask=(offs_dv[:, None] < DV) & col_ok[None, :], other=0.0)
+    return k_t, v_t
+
+
 @triton.autotune(configs=_configs("BLOCK_M", "BLOCK_N"), key=_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, Mask, DO, Lse, Delta, DK, DV_,
@@ -191,21 +216,14 @@ def _bwd_dkdv_kernel(Q, K, V, Mask, DO, Lse, Delta, DK, DV_,
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k_t = tl.load(K + b * skb + h * skh + cols[None, :] * skn + offs_d[:, None] * skd,
-                  mask=(offs_d[:, None] < D) & col_ok[None, :], other=0.0)   # [D, N]
-    v_t = tl.load(V + b * svb + h * svh + cols[None, :] * svn + offs_dv[:, None] * svd,
-                  mask=(offs_dv[:, None] < DV) & col_ok[None, :], other=0.0)  # [DV, N]
+    k_t, v_t = _kv_t(K + b * skb + h * skh, V + b * svb + h * svh, cols, offs_d, offs_dv, skn, skd, svn, svd,
+                     Nk, D, DV)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     for start_m in range(0, Nq, BLOCK_M):
         rows = start_m + offs_m
-        row_ok = rows < Nq
-        q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqm + offs_d[None, :] * sqd,
-                    mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-        do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdm + offs_dv[None, :] * sdd,
-                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        lse2 = tl.load(Lse + bh * Nq + rows, mask=row_ok, other=float("inf")) * 1.4426950408889634
-        delta = tl.load(Delta + bh * Nq + rows, mask=row_ok, other=0.0)
+        q, do, lse2, delta = _rows_bwd(Q + b * sqb + h * sqh, DO + b * sdb + h * sdh, Lse, Delta, bh, rows, offs_d,
+                                       offs_dv, sqm, sqd, sdm, sdd, Nq, D, DV)
         pd, ds = _probs_grad(q, k_t, v_t, do, lse2, delta,
                              Mask + b * smb + h * smh + rows[:, None] * smm + cols[None, :] * smn,
                              bh * Nq + rows, rows, cols, pid_n * BLOCK_N, Nq, Nk, qk_scale, seed_lo, seed_hi, p_drop,
@@ -237,21 +255,14 @@ def _bwd_dq_kernel(Q, K, V, Mask, DO, Lse, Delta, DQ,
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    do = tl.load(DO + b * sdb + h * sdh + rows[:, None] * sdm + offs_dv[None, :] * sdd,
-                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-    lse2 = tl.load(Lse + bh * Nq + rows, mask=row_ok, other=float("inf")) * 1.4426950408889634
-    delta = tl.load(Delta + bh * Nq + rows, mask=row_ok, other=0.0)
+    q, do, lse2, delta = _rows_bwd(Q + b * sqb + h * sqh, DO + b * sdb + h * sdh, Lse, Delta, bh, rows, offs_d,
+                                   offs_dv, sqm, sqd, sdm, sdd, Nq, D, DV)
     m_base = Mask + b * smb + h * smh + rows[:, None] * smm
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(0, Nk, BLOCK_N):
         cols = start_n + offs_n
-        col_ok = cols < Nk
-        k_t = tl.load(K + b * skb + h * skh + cols[None, :] * skn + offs_d[:, None] * skd,
-                      mask=(offs_d[:, None] < D) & col_ok[None, :], other=0.0)
-        v_t = tl.load(V + b * svb + h * svh + cols[None, :] * svn + offs_dv[:, None] * svd,
-                      mask=(offs_dv[:, None] < DV) & col_ok[None, :], other=0.0)
+        k_t, v_t = _kv_t(K + b * skb + h * skh, V + b * svb + h * svh, cols, offs_d, offs_dv, skn, skd, svn, svd,
+                         Nk, D, DV)
         _, ds = _probs_grad(q, k_t, v_t, do, lse2, delta, m_base + cols[None, :] * smn, bh * Nq + rows, rows, cols,
                             start_n, Nq, Nk, qk_scale, seed_lo, seed_hi, p_drop,
                             HAS_MASK, DROPOUT, PRECISION, BLOCK_M, BLOCK_N)

@@ -125,3 +125,18 @@ def check_out_overlap(outs: dict, ins: dict, op: str) -> None:
             if not same:
                 raise RuntimeError(f"fastgen.{op}: {k} partially overlaps {name} in memory (writing over an "
                                    "input is only allowed into the identical tensor)")
+
+
+def triton_kernels(op: str):
+    """The module fastgen.kernels.<op> (Triton kernels), or a BackendUnavailableError saying why
+    it cannot be imported (no triton, a broken install)."""
+    import importlib
+
+    from .. import backend
+
+    try:
+        return importlib.import_module(f"fastgen.kernels.{op}")
+    except ImportError as exc:
+        raise backend.BackendUnavailableError(
+            f"fastgen.{op}: impl='triton' is not available: the Triton kernels could not be imported "
+            f"({type(exc).__name__}: {exc})") from exc

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _extension, backend
+from . import _common as C
 from . import _philox
 
 OP = "attention"
@@ -280,12 +281,7 @@ _register_autograd("attention", "attention_backward", has_dropout=False)
 @functools.lru_cache(maxsize=None)
 def _triton_ops():
     """Define the Triton custom ops on first use (needs triton and fastgen.kernels.attention)."""
-    try:
-        from ..kernels import attention as K
-    except ImportError as exc:
-        raise backend.BackendUnavailableError(
-            f"fastgen.{OP}: impl='triton' is not available: the Triton kernels could not be imported "
-            f"({type(exc).__name__}: {exc})") from exc
+    K = C.triton_kernels(OP)
     from torch.library import triton_op
 
     @triton_op("fastgen::attention_triton", mutates_args=())

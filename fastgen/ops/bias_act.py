@@ -241,12 +241,7 @@ _HAVE_CPP_OPS = _register_cpp_ops()
 @functools.lru_cache(maxsize=None)
 def _triton_ops():
     """Define the Triton custom ops on first use (needs triton and fastgen.kernels.bias_act)."""
-    try:
-        from ..kernels import bias_act as K
-    except ImportError as exc:
-        raise backend.BackendUnavailableError(
-            f"fastgen.{OP}: impl='triton' is not available: the Triton kernels could not be imported "
-            f"({type(exc).__name__}: {exc})") from exc
+    K = C.triton_kernels(OP)
     from torch.library import triton_op
 
     @triton_op("fastgen::bias_act_triton", mutates_args=())

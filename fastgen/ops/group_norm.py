@@ -209,12 +209,7 @@ def _contiguous_empty(x):
 @functools.lru_cache(maxsize=None)
 def _triton_ops():
     """Define the Triton custom ops on first use (needs triton and fastgen.kernels.group_norm)."""
-    try:
-        from ..kernels import group_norm as K
-    except ImportError as exc:
-        raise backend.BackendUnavailableError(
-            f"fastgen.{OP}: impl='triton' is not available: the Triton kernels could not be imported "
-            f"({type(exc).__name__}: {exc})") from exc
+    K = C.triton_kernels(OP)
     from torch.library import triton_op
 
     @triton_op("fastgen::group_norm_triton", mutates_args=())
