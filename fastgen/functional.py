@@ -9,8 +9,11 @@ from .ops.bias_act import bias_act
 from .ops.ddim_step import DDIMStepOutput, ddim_step
 from .ops.diffusion_loss import diffusion_loss
 from .ops.group_norm import group_norm
+from .ops.modulated_bias_act import modulated_bias_act
 from .ops.q_sample import QSampleOutput, q_sample
 from .ops.sampler_update import SamplerUpdateOutput, sampler_coeffs, sampler_update
+from .ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 
 __all__ = ["adain", "attention", "bias_act", "DDIMStepOutput", "ddim_step", "QSampleOutput", "q_sample", "diffusion_loss", "group_norm",
+           "modulated_bias_act", "upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d",
            "SamplerUpdateOutput", "sampler_coeffs", "sampler_update"]
