@@ -9,6 +9,10 @@
 * :class:`BiasAct` — learned bias + activation + gain (+ clamp) in one fused op (StyleGAN2's
   ``bias_act``), twice differentiable with fused kernels.
 * :class:`AdaIN` — StyleGAN's style block: (y_s, y_b) = A(w), then fused adaptive instance norm.
+* StyleGAN blocks: :class:`EqualizedLinear`, :class:`EqualizedConv2d` (equalized learning rate,
+  fused bias + activation, FIR up/down-sampling), :class:`MappingNetwork`, :class:`SynthesisLayer`
+  (modulated conv + fused demodulation / noise / bias / lrelu), :class:`ToRGBLayer`,
+  :class:`AdaINLayer` (StyleGAN v1), :class:`MinibatchStdDev`.
 * U-Net blocks: :class:`ResBlock` (scale-shift norm), :class:`AttentionBlock` (also exported as
   :class:`SpatialSelfAttention`: GroupNorm, attention over H*W, projection, residual),
   :class:`Downsample`, :class:`Upsample`.
@@ -17,9 +21,12 @@ from .activation import AdaIN, BiasAct
 from .attention import Attention, SelfAttention2d
 from .embedding import TimestepEmbedding, timestep_embedding
 from .norm import GroupNormAct
+from .stylegan import (AdaINLayer, EqualizedConv2d, EqualizedLinear, MappingNetwork, MinibatchStdDev, SynthesisLayer,
+                       ToRGBLayer, normalize_2nd_moment)
 from .unet_blocks import AttentionBlock, Downsample, ResBlock, Upsample
 
 SpatialSelfAttention = AttentionBlock  # the name the attention issue uses for feature-map self-attention
 
 __all__ = ["AdaIN", "BiasAct", "Attention", "SelfAttention2d", "SpatialSelfAttention", "AttentionBlock", "ResBlock", "Downsample",
-           "Upsample", "GroupNormAct", "TimestepEmbedding", "timestep_embedding"]
+           "Upsample", "GroupNormAct", "TimestepEmbedding", "timestep_embedding", "EqualizedLinear", "EqualizedConv2d",
+           "MappingNetwork", "SynthesisLayer", "ToRGBLayer", "AdaINLayer", "MinibatchStdDev", "normalize_2nd_moment"]

@@ -1,0 +1,231 @@
+r"""StyleGAN2's training recipe (Karras et al. 2020) for fastgen's :class:`~fastgen.models.Generator`
+and :class:`~fastgen.models.Discriminator`.
+
+    recipe = StyleGANTraining(G, D, batch_size=32)
+    for real, labels in batches:
+        losses = recipe.step(real, labels)        # {"g": ..., "d": ..., "r1": ..., "pl": ...}
+    images = recipe.G_ema(z, labels, truncation_psi=0.7)
+
+One :meth:`StyleGANTraining.step` runs the four phases of StyleGAN2:
+
+* G main: non-saturating logistic loss ``softplus(-D(G(z)))`` (with style mixing), Adam step;
+* G reg (every ``pl_interval`` steps, lazily): path-length penalty on a ``1 / pl_batch_shrink``
+  batch, weighted by ``pl_weight * pl_interval``, Adam step;
+* D main: ``softplus(D(G(z))) + softplus(-D(x))``, Adam step;
+* D reg (every ``r1_interval`` steps, lazily): R1 ``gamma / 2 * ||grad_x D(x)||^2`` weighted by the
+  interval, Adam step. R1 differentiates D twice: fastgen's bias_act and upfirdn2d keep both
+  orders on fused kernels.
+
+As in the paper, lazy regularisation rescales Adam's learning rate and betas by ``c = k / (k + 1)``
+(``lr c``, ``beta^c``), and the generator's EMA has a half-life of ``ema_kimg`` thousand images.
+All the randomness (latents, mixing, penalty noise) comes from the recipe's ``generator``; the
+synthesis noise inputs draw from the global RNG.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..train.ema import EMA
+from .losses import PathLengthPenalty, d_logistic_loss, g_nonsaturating_loss, r1_penalty
+
+
+def _num(name: str, v, lo=None, hi=None, integer: bool = False, allow_none: bool = False):
+    if v is None and allow_none:
+        return v
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(v, bool) or not isinstance(v, kind) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = "".join([f" >= {lo}" if lo is not None else "", f" <= {hi}" if hi is not None else ""])
+        raise ValueError(f"StyleGANTraining: {name} must be {'an int' if integer else 'a number'}{rng}, got {v!r}")
+    return v
+
+
+def _adam(params, lr: float, betas: Sequence[float], eps: float, interval: int) -> torch.optim.Adam:
+    c = interval / (interval + 1) if interval > 1 else 1.0  # lazy regularisation (StyleGAN2, appendix B)
+    return torch.optim.Adam(params, lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=eps)
+
+
+class StyleGANTraining:
+    """StyleGAN2's losses, lazy regularisation, optimizers and generator EMA (see the module docstring).
+
+    Args:
+        G, D: the generator and discriminator (same device).
+        batch_size: images per step (for the EMA half-life).
+        lr, betas, eps: Adam (StyleGAN2: 0.0025, (0, 0.99)). g_lr / d_lr override lr per network.
+        r1_gamma: R1 weight (0: off). r1_interval: lazy R1 every k steps (1: every step, not lazy).
+        pl_weight: path-length weight (0: off). pl_interval, pl_batch_shrink, pl_decay: as StyleGAN2.
+        style_mixing_prob: probability of mixing two latents' ws.
+        ema_kimg: half-life of the generator EMA in thousands of images (None: no EMA; G_ema is G).
+        ema_rampup: cap the half-life at ``ema_rampup * images seen`` early in training (None: off).
+        generator: a torch.Generator for the latents and penalty noise (default: a fresh seeded one).
+    """
+
+    def __init__(self, G: nn.Module, D: nn.Module, *, batch_size: int, lr: float = 0.0025,
+                 betas: Sequence[float] = (0.0, 0.99), eps: float = 1e-8, g_lr: Optional[float] = None,
+                 d_lr: Optional[float] = None, r1_gamma: float = 10.0, r1_interval: int = 16, pl_weight: float = 2.0,
+                 pl_interval: int = 4, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
+                 style_mixing_prob: float = 0.9, ema_kimg: Optional[float] = 10.0, ema_rampup: Optional[float] = 0.05,
+                 generator: Optional[torch.Generator] = None):
+        for name in ("z_dim", "c_dim", "num_ws", "mapping", "synthesis"):
+            if not hasattr(G, name):
+                raise TypeError(f"StyleGANTraining: G must be a fastgen.models.Generator (missing {name!r})")
+        if not isinstance(D, nn.Module):
+            raise TypeError(f"StyleGANTraining: D must be an nn.Module, got {type(D).__name__}")
+        _num("batch_size", batch_size, 1, integer=True)
+        for name, v in (("lr", lr), ("eps", eps), ("r1_gamma", r1_gamma), ("pl_weight", pl_weight)):
+            _num(name, v, 0)
+        _num("g_lr", g_lr, 0, allow_none=True)
+        _num("d_lr", d_lr, 0, allow_none=True)
+        if len(betas) != 2 or not all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"StyleGANTraining: betas must be two numbers in [0, 1), got {betas!r}")
+        for name, v in (("r1_interval", r1_interval), ("pl_interval", pl_interval),
+                        ("pl_batch_shrink", pl_batch_shrink)):
+            _num(name, v, 1, integer=True)
+        _num("pl_decay", pl_decay, 0, 1)
+        _num("style_mixing_prob", style_mixing_prob, 0, 1)
+        _num("ema_kimg", ema_kimg, 0, allow_none=True)
+        _num("ema_rampup", ema_rampup, 0, allow_none=True)
+        self.G, self.D = G, D
+        self.device = next(G.parameters()).device
+        self.batch_size = batch_size
+        self.r1_gamma, self.r1_interval = float(r1_gamma), r1_interval
+        self.pl_weight, self.pl_interval, self.pl_batch_shrink = float(pl_weight), pl_interval, pl_batch_shrink
+        self.style_mixing_prob, self.ema_kimg, self.ema_rampup = float(style_mixing_prob), ema_kimg, ema_rampup
+        g_reg = pl_interval if pl_weight > 0 else 1
+        d_reg = r1_interval if r1_gamma > 0 else 1
+        self.opt_G = _adam(G.parameters(), lr if g_lr is None else g_lr, betas, eps, g_reg)
+        self.opt_D = _adam(D.parameters(), lr if d_lr is None else d_lr, betas, eps, d_reg)
+        self.pl = PathLengthPenalty(pl_decay).to(self.device)
+        self.ema = EMA(G, 0.0, warmup=False) if ema_kimg is not None else None
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.num_steps = 0
+        self.num_images = 0
+
+    @property
+    def G_ema(self) -> nn.Module:
+        """The generator to sample with: the EMA copy (eval mode), or G without an EMA."""
+        return self.ema.module if self.ema is not None else self.G
+
+    def _latents(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.G.z_dim, generator=self.generator).to(self.device)
+
+    def _generate(self, z: torch.Tensor, c: Optional[torch.Tensor], update_w_avg: bool = False):
+        ws = self.G.mapping(z, c, update_w_avg=update_w_avg)
+        if self.style_mixing_prob > 0:
+            u = float(torch.rand((), generator=self.generator))
+            if u < self.style_mixing_prob and self.G.num_ws > 1:
+                cutoff = int(torch.randint(1, self.G.num_ws, (), generator=self.generator))
+                ws2 = self.G.mapping(self._latents(z.shape[0]), c)
+                ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
+        return self.G.synthesis(ws), ws
+
+    def _check_batch(self, real: torch.Tensor, c: Optional[torch.Tensor]):
+        if not isinstance(real, torch.Tensor) or real.dim() != 4:
+            raise ValueError(f"StyleGANTraining.step: real must be an (N, C, H, W) tensor, got "
+                             f"{tuple(real.shape) if isinstance(real, torch.Tensor) else real!r}")
+        if self.G.c_dim and c is None:
+            raise ValueError("StyleGANTraining.step: the models are class-conditional; pass the labels c")
+        if not self.G.c_dim and c is not None:
+            raise ValueError("StyleGANTraining.step: labels given but the generator is unconditional (c_dim=0)")
+        if c is not None and c.shape[0] != real.shape[0]:
+            raise ValueError(f"StyleGANTraining.step: c has {c.shape[0]} labels for {real.shape[0]} images")
+        return real.to(self.device), (None if c is None else c.to(self.device))
+
+    def step(self, real: torch.Tensor, c: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """One training step on a batch of real images (in [-1, 1]) and their labels; returns the
+        detached losses of the phases that ran (``g``, ``pl``, ``d``, ``d_real``, ``d_fake``, ``r1``)."""
+        real, c = self._check_batch(real, c)
+        n, out = real.shape[0], {}
+        self.G.train()
+        self.D.train()
+
+        # G main: non-saturating loss through a frozen D
+        self.G.requires_grad_(True)
+        self.D.requires_grad_(False)
+        img, _ = self._generate(self._latents(n), c, update_w_avg=True)
+        loss = g_nonsaturating_loss(self.D(img, c)).mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_G.step()
+        out["g"] = loss.detach()
+
+        # G reg: lazy path-length regularisation
+        if self.pl_weight > 0 and self.num_steps % self.pl_interval == 0:
+            m = max(n // self.pl_batch_shrink, 1)
+            img, ws = self._generate(self._latents(m), None if c is None else c[:m])
+            pen = self.pl(img, ws, generator=self._penalty_generator(img)).mean()
+            self.opt_G.zero_grad(set_to_none=True)
+            (pen * (self.pl_weight * self.pl_interval)).backward()
+            self.opt_G.step()
+            out["pl"] = pen.detach()
+
+        # D main: logistic loss on fakes (G frozen) and reals; R1 folded in when not lazy
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
+        with torch.no_grad():
+            fake, _ = self._generate(self._latents(n), c)
+        r1_now = self.r1_gamma > 0 and self.num_steps % self.r1_interval == 0
+        real_in = real.detach().requires_grad_(r1_now and self.r1_interval == 1)
+        real_logits, fake_logits = self.D(real_in, c), self.D(fake, c)
+        d_real, d_fake = torch.nn.functional.softplus(-real_logits).mean(), torch.nn.functional.softplus(fake_logits).mean()
+        loss = d_logistic_loss(real_logits, fake_logits).mean()
+        if r1_now and self.r1_interval == 1:
+            r1 = r1_penalty(real_logits, real_in).mean()
+            loss = loss + r1 * (self.r1_gamma / 2)
+            out["r1"] = r1.detach()
+        self.opt_D.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_D.step()
+        out.update(d=loss.detach(), d_real=d_real.detach(), d_fake=d_fake.detach())
+
+        # D reg: lazy R1
+        if r1_now and self.r1_interval > 1:
+            real_in = real.detach().requires_grad_(True)
+            r1 = r1_penalty(self.D(real_in, c), real_in).mean()
+            self.opt_D.zero_grad(set_to_none=True)
+            (r1 * (self.r1_gamma / 2 * self.r1_interval)).backward()
+            self.opt_D.step()
+            out["r1"] = r1.detach()
+
+        self.G.requires_grad_(True)
+        self.num_steps += 1
+        self.num_images += n
+        if self.ema is not None:
+            nimg = self.ema_kimg * 1000
+            if self.ema_rampup is not None:
+                nimg = min(nimg, self.num_images * self.ema_rampup)
+            self.ema.decay = ema_beta(n, nimg / 1000)
+            self.ema.update(self.G)
+        return out
+
+    def _penalty_generator(self, img: torch.Tensor) -> Optional[torch.Generator]:
+        return self.generator if img.device.type == "cpu" else None
+
+    def state_dict(self) -> Dict[str, object]:
+        """Everything an exact resume needs besides the global RNG: models, EMA, optimizers, pl_mean,
+        counters and the recipe's generator state."""
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(),
+                "G_ema": None if self.ema is None else self.ema.state_dict(),
+                "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "pl": self.pl.state_dict(),
+                "num_steps": self.num_steps, "num_images": self.num_images, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        if self.ema is not None and state.get("G_ema") is not None:
+            self.ema.load_state_dict(state["G_ema"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.pl.load_state_dict(state["pl"])
+        self.num_steps, self.num_images = int(state["num_steps"]), int(state["num_images"])
+        self.generator.set_state(state["generator"])
+
+
+def ema_beta(batch_size: int, ema_kimg: float) -> float:
+    """The per-step EMA decay whose half-life is ``ema_kimg`` thousand images."""
+    return 0.5 ** (batch_size / max(ema_kimg * 1000, 1e-8))
+
+
