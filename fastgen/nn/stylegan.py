@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..functional import adain, bias_act, modulated_bias_act, setup_filter
+from ..functional import adain, bias_act, modulate_weight, modulated_bias_act, setup_filter
 from ..ops.bias_act import ACTIVATIONS
 from ..ops.modulated_conv2d import conv2d_resample, demodulation_coefficients
 
@@ -243,16 +243,15 @@ class SynthesisLayer(nn.Module):
         n = x.shape[0]
         styles = self.affine(w)
         weight = self.weight.to(x.dtype)
-        d = demodulation_coefficients(weight, styles)
         f = self.resample_filter if self.up > 1 else None
         if fused_modconv:
-            wn = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1) * d.reshape(n, -1, 1, 1, 1)
+            wn = modulate_weight(weight, styles)  # (N, O, I, k, k), demodulated, in one fused pass
             y = conv2d_resample(x.reshape(1, -1, *x.shape[2:]), wn.reshape(-1, *weight.shape[1:]), f, up=self.up,
                                 padding=self.padding, groups=n)
             y, scale = y.reshape(n, -1, *y.shape[2:]), None
         else:
             y = conv2d_resample(x * styles.reshape(n, -1, 1, 1), weight, f, up=self.up, padding=self.padding)
-            scale = d
+            scale = demodulation_coefficients(weight, styles)  # applied in the fused epilogue
         noise = strength = None
         if self.use_noise and noise_mode != "none":
             size = y.shape[2:]
@@ -284,7 +283,7 @@ class ToRGBLayer(nn.Module):
         styles = self.affine(w) * self.weight_gain
         weight = self.weight.to(x.dtype)
         if fused_modconv:
-            wn = (weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)).reshape(-1, weight.shape[1], 1, 1)
+            wn = modulate_weight(weight, styles, demodulate=False).reshape(-1, weight.shape[1], 1, 1)
             y = nn.functional.conv2d(x.reshape(1, -1, *x.shape[2:]), wn, groups=n).reshape(n, -1, *x.shape[2:])
         else:
             y = nn.functional.conv2d(x * styles.reshape(n, -1, 1, 1), weight)

@@ -15,7 +15,8 @@ then a strided convolution (only the kept outputs).
 ``fused_modconv=False`` scales the input channels (``x * styles``), runs one batched convolution
 with the shared weight and scales the output channels by d (on CPU the fastest; in a synthesis
 layer the d scale is fused into the epilogue, :func:`~fastgen.ops.modulated_bias_act`);
-``fused_modconv=True`` builds per-sample weights and runs one grouped convolution (groups = N).
+``fused_modconv=True`` builds the per-sample weights in one fused op
+(:func:`~fastgen.ops.modulate_weight.modulate_weight`) and runs one grouped convolution (groups = N).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .modulate_weight import modulate_weight
 from .upfirdn2d import _pair, filter_size, parse_padding, upfirdn2d
 
 
@@ -109,14 +111,12 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     if weight.shape[1] != i or tuple(styles.shape) != (n, i):
         raise ValueError(f"fastgen.modulated_conv2d: styles must be (N, I) = ({n}, {i}) and weight (O, {i}, kh, kw); "
                          f"got styles {tuple(styles.shape)}, weight {tuple(weight.shape)}")
-    d = demodulation_coefficients(weight, styles, eps) if demodulate else None
     if not fused_modconv:
+        d = demodulation_coefficients(weight, styles, eps) if demodulate else None
         y = conv2d_resample(x * styles.to(x.dtype).reshape(n, i, 1, 1), weight.to(x.dtype), resample_filter, up, down,
                             padding)
         return y if d is None else y * d.to(y.dtype).reshape(n, -1, 1, 1)
-    w = weight.unsqueeze(0) * styles.reshape(n, 1, i, 1, 1)  # (N, O, I, kh, kw)
-    if d is not None:
-        w = w * d.reshape(n, -1, 1, 1, 1)
-    y = conv2d_resample(x.reshape(1, n * i, *x.shape[2:]), w.reshape(-1, i, *weight.shape[2:]).to(x.dtype),
+    w = modulate_weight(weight.to(x.dtype), styles, demodulate, eps)  # (N, O, I, kh, kw) in one fused pass
+    y = conv2d_resample(x.reshape(1, n * i, *x.shape[2:]), w.reshape(-1, i, *weight.shape[2:]),
                         resample_filter, up, down, padding, groups=n)
     return y.reshape(n, -1, *y.shape[2:])
