@@ -44,9 +44,11 @@ def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 class PathLengthPenalty(nn.Module):
     """StyleGAN2's path-length regulariser; keeps the running mean ``pl_mean`` as a buffer.
 
-    ``forward(img, ws, generator=None)`` returns the per-sample penalty ``(L - pl_mean)^2`` with
-    ``L = sqrt(mean over layers of ||d<img, y>/dw||^2)``, y ~ N(0, 1) / sqrt(H W); ``ws`` must
-    require grad and ``img`` be computed from it. pl_mean moves towards mean(L) by ``decay``.
+    ``forward(img, ws, generator=None, noise=None, reduce_mean=None)`` returns the per-sample
+    penalty ``(L - pl_mean)^2`` with ``L = sqrt(mean over layers of ||d<img, y>/dw||^2)`` and
+    y ~ N(0, 1) / sqrt(H W) (drawn from ``generator``, or ``noise`` given unscaled); ``ws`` must
+    require grad and ``img`` be computed from it. pl_mean moves towards mean(L) by ``decay``
+    (``reduce_mean``: averages that mean over processes in a data-parallel run).
     """
 
     def __init__(self, decay: float = 0.01):
@@ -56,13 +58,21 @@ class PathLengthPenalty(nn.Module):
         self.decay = float(decay)
         self.register_buffer("pl_mean", torch.zeros([]))
 
-    def forward(self, img: torch.Tensor, ws: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, ws: torch.Tensor, generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None, reduce_mean=None) -> torch.Tensor:
         if not ws.requires_grad:
             raise ValueError("PathLengthPenalty: ws must require grad and img must be computed from it")
         h, w = img.shape[2], img.shape[3]
-        y = torch.randn(img.shape, generator=generator, device=img.device, dtype=img.dtype) / math.sqrt(h * w)
+        if noise is None:
+            noise = torch.randn(img.shape, generator=generator, device=img.device, dtype=img.dtype)
+        elif noise.shape != img.shape:
+            raise ValueError(f"PathLengthPenalty: noise has shape {tuple(noise.shape)} but img {tuple(img.shape)}")
+        y = noise.to(img.dtype) / math.sqrt(h * w)
         grad, = torch.autograd.grad((img * y).sum(), ws, create_graph=True)
         lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()
         with torch.no_grad():
-            self.pl_mean.copy_(self.pl_mean.lerp(lengths.mean().to(self.pl_mean.dtype), self.decay))
+            m = lengths.mean().detach()
+            if reduce_mean is not None:
+                m = reduce_mean(m)
+            self.pl_mean.copy_(self.pl_mean.lerp(m.to(self.pl_mean.dtype), self.decay))
         return (lengths - self.pl_mean.detach()).square()

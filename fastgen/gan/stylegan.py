@@ -8,7 +8,8 @@ and :class:`~fastgen.models.Discriminator`.
 
 One :meth:`StyleGANTraining.step` runs the four phases of StyleGAN2:
 
-* G main: non-saturating logistic loss ``softplus(-D(G(z)))`` (with style mixing), Adam step;
+* G main: non-saturating logistic loss ``softplus(-D(G(z, c)))`` (with style mixing; the labels of
+  generated images are drawn uniformly over the classes), Adam step;
 * G reg (every ``pl_interval`` steps, lazily): path-length penalty on a ``1 / pl_batch_shrink``
   batch, weighted by ``pl_weight * pl_interval``, Adam step;
 * D main: ``softplus(D(G(z))) + softplus(-D(x))``, Adam step;
@@ -31,6 +32,7 @@ from torch import nn
 
 from ..train.ema import EMA
 from .losses import PathLengthPenalty, d_logistic_loss, g_nonsaturating_loss, r1_penalty
+from .recipe import GANRecipe
 
 
 def _num(name: str, v, lo=None, hi=None, integer: bool = False, allow_none: bool = False):
@@ -48,8 +50,9 @@ def _adam(params, lr: float, betas: Sequence[float], eps: float, interval: int) 
     return torch.optim.Adam(params, lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=eps)
 
 
-class StyleGANTraining:
-    """StyleGAN2's losses, lazy regularisation, optimizers and generator EMA (see the module docstring).
+class StyleGANTraining(GANRecipe):
+    """StyleGAN2's losses, lazy regularisation, optimizers and generator EMA (see the module docstring);
+    a :class:`~fastgen.gan.recipe.GANRecipe` (drive it with :class:`fastgen.train.GANTrainer`).
 
     Args:
         G, D: the generator and discriminator (same device).
@@ -60,8 +63,10 @@ class StyleGANTraining:
         style_mixing_prob: probability of mixing two latents' ws.
         ema_kimg: half-life of the generator EMA in thousands of images (None: no EMA; G_ema is G).
         ema_rampup: cap the half-life at ``ema_rampup * images seen`` early in training (None: off).
-        generator: a torch.Generator for the latents and penalty noise (default: a fresh seeded one).
+        generator: a CPU torch.Generator for the latents and penalty noise (default: seeded with 0).
     """
+
+    name = "stylegan2"
 
     def __init__(self, G: nn.Module, D: nn.Module, *, batch_size: int, lr: float = 0.0025,
                  betas: Sequence[float] = (0.0, 0.99), eps: float = 1e-8, g_lr: Optional[float] = None,
@@ -89,8 +94,11 @@ class StyleGANTraining:
         _num("ema_kimg", ema_kimg, 0, allow_none=True)
         _num("ema_rampup", ema_rampup, 0, allow_none=True)
         self.G, self.D = G, D
-        self.device = next(G.parameters()).device
         self.batch_size = batch_size
+        self._config = dict(batch_size=batch_size, lr=lr, betas=list(betas), eps=eps, g_lr=g_lr, d_lr=d_lr,
+                            r1_gamma=r1_gamma, r1_interval=r1_interval, pl_weight=pl_weight, pl_interval=pl_interval,
+                            pl_batch_shrink=pl_batch_shrink, pl_decay=pl_decay, style_mixing_prob=style_mixing_prob,
+                            ema_kimg=ema_kimg, ema_rampup=ema_rampup)
         self.r1_gamma, self.r1_interval = float(r1_gamma), r1_interval
         self.pl_weight, self.pl_interval, self.pl_batch_shrink = float(pl_weight), pl_interval, pl_batch_shrink
         self.style_mixing_prob, self.ema_kimg, self.ema_rampup = float(style_mixing_prob), ema_kimg, ema_rampup
@@ -100,17 +108,35 @@ class StyleGANTraining:
         self.opt_D = _adam(D.parameters(), lr if d_lr is None else d_lr, betas, eps, d_reg)
         self.pl = PathLengthPenalty(pl_decay).to(self.device)
         self.ema = EMA(G, 0.0, warmup=False) if ema_kimg is not None else None
+        if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
+            raise ValueError("StyleGANTraining: generator must be a CPU torch.Generator (latents are drawn on the CPU "
+                             "for the global batch, then moved)")
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.num_steps = 0
         self.num_images = 0
 
     @property
-    def G_ema(self) -> nn.Module:
-        """The generator to sample with: the EMA copy (eval mode), or G without an EMA."""
-        return self.ema.module if self.ema is not None else self.G
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def optimizers(self) -> Dict[str, torch.optim.Optimizer]:
+        return {"G": self.opt_G, "D": self.opt_D}
+
+    def extra_state(self) -> Dict[str, torch.Tensor]:
+        return {"num_steps": torch.tensor(self.num_steps), "num_images": torch.tensor(self.num_images),
+                "pl_mean": self.pl.pl_mean.detach().clone(), "generator": self.generator.get_state()}
+
+    def load_extra_state(self, state: Dict[str, torch.Tensor]) -> None:
+        self.num_steps, self.num_images = int(state["num_steps"]), int(state["num_images"])
+        self.pl.pl_mean.copy_(state["pl_mean"])
+        self.generator.set_state(state["generator"].cpu())
 
     def _latents(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.G.z_dim, generator=self.generator).to(self.device)
+        return self.global_randn(n, self.G.z_dim)
+
+    def _gen_labels(self, n: int) -> Optional[torch.Tensor]:
+        """Class labels of generated images: uniform over the classes (global batch, this slice)."""
+        return self.global_randint(self.G.c_dim, n) if self.G.c_dim else None
 
     def _generate(self, z: torch.Tensor, c: Optional[torch.Tensor], update_w_avg: bool = False):
         ws = self.G.mapping(z, c, update_w_avg=update_w_avg)
@@ -145,20 +171,24 @@ class StyleGANTraining:
         # G main: non-saturating loss through a frozen D
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
-        img, _ = self._generate(self._latents(n), c, update_w_avg=True)
-        loss = g_nonsaturating_loss(self.D(img, c)).mean()
+        gen_c = self._gen_labels(n)
+        img, _ = self._generate(self._latents(n), gen_c, update_w_avg=True)
+        loss = g_nonsaturating_loss(self.D(img, gen_c)).mean()
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
+        self.sync_grads(self.G)
         self.opt_G.step()
         out["g"] = loss.detach()
 
         # G reg: lazy path-length regularisation
         if self.pl_weight > 0 and self.num_steps % self.pl_interval == 0:
             m = max(n // self.pl_batch_shrink, 1)
-            img, ws = self._generate(self._latents(m), None if c is None else c[:m])
-            pen = self.pl(img, ws, generator=self._penalty_generator(img)).mean()
+            img, ws = self._generate(self._latents(m), self._gen_labels(m))
+            noise = self.global_randn(m, *img.shape[1:])
+            pen = self.pl(img, ws, noise=noise, reduce_mean=self.all_reduce_mean).mean()
             self.opt_G.zero_grad(set_to_none=True)
             (pen * (self.pl_weight * self.pl_interval)).backward()
+            self.sync_grads(self.G)
             self.opt_G.step()
             out["pl"] = pen.detach()
 
@@ -166,10 +196,11 @@ class StyleGANTraining:
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
         with torch.no_grad():
-            fake, _ = self._generate(self._latents(n), c)
+            gen_c = self._gen_labels(n)
+            fake, _ = self._generate(self._latents(n), gen_c)
         r1_now = self.r1_gamma > 0 and self.num_steps % self.r1_interval == 0
         real_in = real.detach().requires_grad_(r1_now and self.r1_interval == 1)
-        real_logits, fake_logits = self.D(real_in, c), self.D(fake, c)
+        real_logits, fake_logits = self.D(real_in, c), self.D(fake, gen_c)
         d_real, d_fake = torch.nn.functional.softplus(-real_logits).mean(), torch.nn.functional.softplus(fake_logits).mean()
         loss = d_logistic_loss(real_logits, fake_logits).mean()
         if r1_now and self.r1_interval == 1:
@@ -178,6 +209,7 @@ class StyleGANTraining:
             out["r1"] = r1.detach()
         self.opt_D.zero_grad(set_to_none=True)
         loss.backward()
+        self.sync_grads(self.D)
         self.opt_D.step()
         out.update(d=loss.detach(), d_real=d_real.detach(), d_fake=d_fake.detach())
 
@@ -187,12 +219,14 @@ class StyleGANTraining:
             r1 = r1_penalty(self.D(real_in, c), real_in).mean()
             self.opt_D.zero_grad(set_to_none=True)
             (r1 * (self.r1_gamma / 2 * self.r1_interval)).backward()
+            self.sync_grads(self.D)
             self.opt_D.step()
             out["r1"] = r1.detach()
 
         self.G.requires_grad_(True)
+        self.sync_buffers(self.G)  # the tracked mean w: the global batch's
         self.num_steps += 1
-        self.num_images += n
+        self.num_images += n * self.world_size
         if self.ema is not None:
             nimg = self.ema_kimg * 1000
             if self.ema_rampup is not None:
@@ -201,27 +235,21 @@ class StyleGANTraining:
             self.ema.update(self.G)
         return out
 
-    def _penalty_generator(self, img: torch.Tensor) -> Optional[torch.Generator]:
-        return self.generator if img.device.type == "cpu" else None
-
     def state_dict(self) -> Dict[str, object]:
-        """Everything an exact resume needs besides the global RNG: models, EMA, optimizers, pl_mean,
-        counters and the recipe's generator state."""
-        return {"G": self.G.state_dict(), "D": self.D.state_dict(),
+        """Everything an exact resume needs besides the global RNG (see also :class:`fastgen.train.GANTrainer`)."""
+        return {"models": {k: m.state_dict() for k, m in self.models().items()},
                 "G_ema": None if self.ema is None else self.ema.state_dict(),
-                "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "pl": self.pl.state_dict(),
-                "num_steps": self.num_steps, "num_images": self.num_images, "generator": self.generator.get_state()}
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+                "extra": self.extra_state()}
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
+        for k, m in self.models().items():
+            m.load_state_dict(state["models"][k])
         if self.ema is not None and state.get("G_ema") is not None:
             self.ema.load_state_dict(state["G_ema"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.pl.load_state_dict(state["pl"])
-        self.num_steps, self.num_images = int(state["num_steps"]), int(state["num_images"])
-        self.generator.set_state(state["generator"])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+        self.load_extra_state(state["extra"])
 
 
 def ema_beta(batch_size: int, ema_kimg: float) -> float:
