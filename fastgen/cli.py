@@ -4,7 +4,8 @@
                               each fused op uses on CPU and on CUDA (and why not the others)
     fastgen demo [options]    a few-second DDIM sampling demo on an embedded dataset (see fastgen.demo)
     fastgen train ddpm ...    train a diffusion U-Net (torchrun-compatible; see fastgen.train.commands)
-    fastgen sample ...        a PNG grid of samples from a training checkpoint
+    fastgen train stylegan .. train a StyleGAN2 / StyleGAN (torchrun-compatible)
+    fastgen sample ...        a PNG grid of samples from a training checkpoint (diffusion or GAN)
 """
 from __future__ import annotations
 

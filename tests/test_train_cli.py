@@ -74,3 +74,26 @@ def test_bad_arguments_exit_2(argv, capsys):
         main(argv)
     assert exc.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+SG_TINY = ["--size", "8", "--preset", "tiny", "--batch-size", "8", "--no-progress", "--log-every", "1",
+           "--r1-interval", "2"]
+
+
+def test_train_stylegan_resume_and_sample(tmp_path, capsys):
+    out = tmp_path / "sg"
+    assert main(["train", "stylegan", *SG_TINY, "--steps", "2", "--checkpoint-every", "1", "--sample-every", "2",
+                 "--out", str(out)]) == 0
+    assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")] == [1, 2]
+    _png_ok(out / "samples" / "step_00000002.png")
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert main(["train", "stylegan", *SG_TINY, "--steps", "1", "--out", str(out), "--resume"]) == 0
+    assert "resumed from step 2" in capsys.readouterr().err
+    png = tmp_path / "g.png"
+    assert main(["sample", "--checkpoint", str(out), "--num-images", "4", "--truncation", "0.5",
+                 "--out", str(png)]) == 0
+    assert _png_ok(png) == (2 + 2 * (8 * 8 + 2),) * 2
+    assert main(["sample", "--checkpoint", str(out), "--class-label", "9", "--out", str(png)]) == 1
+    assert "--class-label" in capsys.readouterr().err
+    assert main(["train", "stylegan", "--size", "24", "--steps", "1", "--out", str(tmp_path / "x")]) == 1
+    assert "power of two" in capsys.readouterr().err

@@ -1,9 +1,11 @@
-"""``fastgen train ddpm`` and ``fastgen sample``: the trainer and the sampler from the command line.
+"""``fastgen train ddpm|stylegan`` and ``fastgen sample``: the trainers and the samplers from the command line.
 
     fastgen train ddpm --data shapes --size 16 --steps 2000 --out runs/ddpm
+    fastgen train stylegan --data shapes --size 32 --steps 5000 --out runs/stylegan
     torchrun --nproc_per_node=2 -m fastgen train ddpm --data shapes --out runs/ddpm   # data parallel
     fastgen train ddpm --out runs/ddpm --resume --steps 1000                           # 1000 more steps
     fastgen sample --checkpoint runs/ddpm --sampler ddim --steps 50 --guidance 3 --out grid.png
+    fastgen sample --checkpoint runs/stylegan --truncation 0.7 --out grid.png              # a GAN checkpoint
 
 Bad settings, a missing data folder or a bad checkpoint print one line and exit non-zero.
 """
@@ -34,10 +36,65 @@ def _fail(command: str, exc: BaseException) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    return cmd_train_stylegan(args) if args.model == "stylegan" else cmd_train_ddpm(args)
+
+
+def _resume(trainer, args, info) -> None:
+    from . import latest_checkpoint
+
+    if args.resume:
+        src = Path(args.out) if args.resume == "auto" else Path(args.resume)
+        if args.resume != "auto" or latest_checkpoint(src / "checkpoints") is not None:
+            step = trainer.load_checkpoint(src)
+            if info.is_main:
+                print(f"resumed from step {step}", file=sys.stderr)
+
+
+def cmd_train_stylegan(args: argparse.Namespace) -> int:
+    from ..data import load_dataset
+    from ..gan import StyleGANTraining
+    from ..models.stylegan import Discriminator, Generator
+    from . import GANTrainer, init_distributed
+    from .distributed import shutdown
+
+    try:
+        device = _device(args.device)
+        info = init_distributed(device=device)
+        if device.type == "cuda" and info.enabled:
+            device = torch.device("cuda", info.local_rank)
+        data = load_dataset(args.data, args.size)
+        c_dim = 0 if args.unconditional else (getattr(data, "num_classes", None) or 0)
+        channels = data[0][0].shape[0]
+        torch.manual_seed(args.seed)
+        common = dict(img_resolution=args.size, img_channels=channels, c_dim=c_dim)
+        G = Generator.from_preset(args.preset, style=args.style, **common).to(device)
+        D = Discriminator.from_preset(args.preset, **common).to(device)
+        recipe = StyleGANTraining(G, D, batch_size=args.batch_size, lr=args.lr, r1_gamma=args.r1_gamma,
+                                  r1_interval=args.r1_interval, pl_weight=args.pl_weight,
+                                  style_mixing_prob=args.mixing, ema_kimg=args.ema_kimg if args.ema_kimg > 0 else None,
+                                  generator=torch.Generator().manual_seed(args.seed))
+        trainer = GANTrainer(recipe, data, batch_size=args.batch_size, seed=args.seed, out_dir=args.out,
+                             log_every=args.log_every, sample_every=args.sample_every,
+                             checkpoint_every=args.checkpoint_every, num_workers=args.num_workers,
+                             progress=not args.no_progress)
+        _resume(trainer, args, info)
+        summary = trainer.train(args.steps)
+        if info.is_main:
+            grid = trainer.save_samples(Path(args.out) / "samples" / "final.png")
+            print(f"trained {summary['steps']} steps ({summary['it_per_s']:.2f} it/s on {info.world_size} "
+                  f"process(es)), D loss {summary.get('d', float('nan')):.4f}, G loss {summary.get('g', float('nan')):.4f}; "
+                  f"checkpoints in {Path(args.out) / 'checkpoints'}, samples in {grid}")
+        shutdown()
+    except USER_ERRORS as exc:
+        return _fail("train", exc)
+    return 0
+
+
+def cmd_train_ddpm(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..diffusion import GaussianDiffusion, make_schedule
     from ..models.unet import UNet
-    from . import DiffusionTrainer, init_distributed, latest_checkpoint
+    from . import DiffusionTrainer, init_distributed
     from .distributed import shutdown
 
     try:
@@ -60,12 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             out_dir=args.out, log_every=args.log_every, sample_every=args.sample_every,
             checkpoint_every=args.checkpoint_every, sample_steps=args.sample_steps, guidance_scale=args.guidance,
             num_workers=args.num_workers, progress=not args.no_progress, device=device)
-        if args.resume:
-            src = Path(args.out) if args.resume == "auto" else Path(args.resume)
-            if args.resume != "auto" or latest_checkpoint(src / "checkpoints") is not None:
-                step = trainer.load_checkpoint(src)
-                if info.is_main:
-                    print(f"resumed from step {step}", file=sys.stderr)
+        _resume(trainer, args, info)
         summary = trainer.train(args.steps)
         if info.is_main:
             grid = trainer.save_samples(Path(args.out) / "samples" / "final.png")
@@ -78,8 +130,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def _sample_gan(args, path: Path, device) -> int:
     from ..images import save_image_grid
+    from . import load_generator
+
+    G = load_generator(path, ema=not args.no_ema, device=device)
+    labels = None
+    if G.c_dim:
+        if args.class_label is not None and not 0 <= args.class_label < G.c_dim:
+            raise ValueError(f"--class-label must be in [0, {G.c_dim - 1}], got {args.class_label}")
+        labels = (torch.full((args.num_images,), args.class_label) if args.class_label is not None
+                  else torch.arange(args.num_images) % G.c_dim).to(device)
+    elif args.class_label is not None:
+        raise ValueError("--class-label: this model is unconditional")
+    z = torch.randn(args.num_images, G.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    with torch.no_grad():
+        images = G(z, labels, truncation_psi=args.truncation)
+    w, h = save_image_grid(images, args.out, upscale=max(1, 64 // G.img_resolution))
+    print(f"wrote {args.out} ({w}x{h}, {args.num_images} samples, truncation psi {args.truncation})")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from . import checkpoint as ckpt
     from . import latest_checkpoint, load_diffusion
 
     try:
@@ -89,6 +162,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
             path = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path) or path
             if path.is_dir():
                 raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no step_*.safetensors checkpoint there")
+        if ckpt.load_checkpoint(path)[1].get("kind") == "gan":
+            return _sample_gan(args, path, device)
+        from ..images import save_image_grid
+
         diffusion = load_diffusion(path, ema=not args.no_ema, device=device)
         shape = (args.num_images, diffusion.model.in_channels, diffusion.model.image_size, diffusion.model.image_size)
         labels = None
@@ -127,6 +204,20 @@ def _non_negative(kind):
     return _bounded(kind, False)
 
 
+def _run_args(p, out: str) -> None:
+    """The arguments every ``fastgen train`` model shares."""
+    p.add_argument("--seed", type=_non_negative(int), default=0)
+    p.add_argument("--out", default=out, help=f"output folder (default {out})")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from the newest checkpoint in --out (or from the given file/folder)")
+    p.add_argument("--log-every", type=_non_negative(int), default=50)
+    p.add_argument("--sample-every", type=_non_negative(int), default=500)
+    p.add_argument("--checkpoint-every", type=_non_negative(int), default=500)
+    p.add_argument("--num-workers", type=_non_negative(int), default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def add_parsers(sub) -> None:
     """Register ``train`` and ``sample`` on the ``fastgen`` sub-command parser."""
     from ..models.unet import PRESETS
@@ -155,19 +246,32 @@ def add_parsers(sub) -> None:
     p.add_argument("--grad-clip", type=_non_negative(float), default=1.0, help="0: no clipping (default 1)")
     p.add_argument("--ema-decay", type=_non_negative(float), default=0.999, help="0: no EMA (default 0.999)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
-    p.add_argument("--seed", type=_non_negative(int), default=0)
-    p.add_argument("--out", default="runs/ddpm", help="output folder (default runs/ddpm)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from the newest checkpoint in --out (or from the given file/folder)")
-    p.add_argument("--log-every", type=_non_negative(int), default=50)
-    p.add_argument("--sample-every", type=_non_negative(int), default=500)
-    p.add_argument("--checkpoint-every", type=_non_negative(int), default=500)
     p.add_argument("--sample-steps", type=_positive(int), default=50)
     p.add_argument("--guidance", type=_non_negative(float), default=2.0, help="CFG scale of the sample grids")
-    p.add_argument("--num-workers", type=_non_negative(int), default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true")
+    _run_args(p, "runs/ddpm")
     p.set_defaults(func=cmd_train, subparser=p)
+
+    from ..models.stylegan import PRESETS as SG_PRESETS
+
+    g = models.add_parser("stylegan", help="StyleGAN2 / StyleGAN (lazy R1, path length, style mixing, EMA)")
+    g.add_argument("--data", default="shapes", help="'shapes' (embedded, default), 'digits' or a folder of images")
+    g.add_argument("--size", type=_positive(int), default=32, help="image size, a power of two (default 32)")
+    g.add_argument("--preset", choices=sorted(SG_PRESETS), default="32px",
+                   help="network widths (default 32px; --size sets the resolution)")
+    g.add_argument("--style", choices=("stylegan2", "stylegan"), default="stylegan2",
+                   help="modulated convs (stylegan2, default) or AdaIN (stylegan)")
+    g.add_argument("--unconditional", action="store_true", help="ignore the dataset's labels")
+    g.add_argument("--steps", type=_non_negative(int), default=2000, help="training steps to run (default 2000)")
+    g.add_argument("--batch-size", type=_positive(int), default=32, help="global batch (default 32)")
+    g.add_argument("--lr", type=_positive(float), default=0.002, help="Adam learning rate (default 0.002)")
+    g.add_argument("--r1-gamma", type=_non_negative(float), default=1.0, help="R1 weight (default 1; 0: off)")
+    g.add_argument("--r1-interval", type=_positive(int), default=16, help="lazy R1 every k steps (default 16)")
+    g.add_argument("--pl-weight", type=_non_negative(float), default=2.0, help="path-length weight (0: off)")
+    g.add_argument("--mixing", type=_non_negative(float), default=0.9, help="style-mixing probability (0.9)")
+    g.add_argument("--ema-kimg", type=_non_negative(float), default=1.0,
+                   help="generator EMA half-life in thousands of images (default 1; 0: no EMA)")
+    _run_args(g, "runs/stylegan")
+    g.set_defaults(func=cmd_train, subparser=g)
 
     s = sub.add_parser("sample", help="sample a PNG grid from a training checkpoint",
                        description="Sample from a 'fastgen train ddpm' checkpoint (file or run folder).")
@@ -180,6 +284,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--seed", type=_non_negative(int), default=0)
     s.add_argument("--no-ema", action="store_true", help="the raw trained weights instead of the EMA")
     s.add_argument("--no-clip", action="store_true", help="do not clamp x0 predictions to [-1, 1]")
+    s.add_argument("--truncation", type=_non_negative(float), default=1.0,
+                   help="GAN checkpoints: truncation psi around the mean w (default 1: none)")
     s.add_argument("--out", default="samples.png")
     s.add_argument("--device", default=None)
     s.add_argument("--no-progress", action="store_true")
