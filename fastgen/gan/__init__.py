@@ -1,13 +1,17 @@
 """GAN losses, regularisers and training recipes.
 
-* :mod:`fastgen.gan.losses` — logistic (minimax / non-saturating) losses, R1, path-length penalty.
+* :mod:`fastgen.gan.losses` — minimax / non-saturating / Wasserstein / hinge / least-squares losses,
+  R1 / R2 and path-length penalties, InfoGAN and ACGAN terms, weight clipping, spectral norm.
 * :class:`GANRecipe` — the base of the training recipes (networks, optimizers, EMA, per-step logic,
   data-parallel helpers), driven by :class:`fastgen.train.GANTrainer`.
 * :class:`StyleGANTraining` — StyleGAN2's recipe: lazy R1 and path-length regularisation, style
   mixing, Adam with lazy-regularisation-corrected hyper-parameters, generator EMA.
 """
-from .losses import PathLengthPenalty, d_logistic_loss, g_nonsaturating_loss, r1_penalty
+from .losses import (LOSSES, PathLengthPenalty, acgan_loss, clip_weights_, d_logistic_loss, d_loss, g_loss,
+                     g_nonsaturating_loss, infogan_categorical_loss, infogan_continuous_loss, r1_penalty, r2_penalty,
+                     spectral_norm)
 from .recipe import GANRecipe
 from .stylegan import StyleGANTraining, ema_beta
 
-__all__ = ["PathLengthPenalty", "d_logistic_loss", "g_nonsaturating_loss", "r1_penalty", "StyleGANTraining", "ema_beta", "GANRecipe"]
+__all__ = ["PathLengthPenalty", "d_logistic_loss", "g_nonsaturating_loss", "r1_penalty", "LOSSES", "d_loss", "g_loss",
+           "r2_penalty", "acgan_loss", "infogan_categorical_loss", "infogan_continuous_loss", "clip_weights_", "spectral_norm", "StyleGANTraining", "ema_beta", "GANRecipe"]
