@@ -8,6 +8,7 @@ from .ops.attention import attention
 from .ops.bias_act import bias_act
 from .ops.ddim_step import DDIMStepOutput, ddim_step
 from .ops.diffusion_loss import diffusion_loss
+from .ops.grad_penalty import grad_norm_penalty, gradient_penalty
 from .ops.group_norm import group_norm
 from .ops.modulated_bias_act import modulated_bias_act
 from .ops.modulate_weight import modulate_weight
@@ -16,6 +17,6 @@ from .ops.q_sample import QSampleOutput, q_sample
 from .ops.sampler_update import SamplerUpdateOutput, sampler_coeffs, sampler_update
 from .ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 
-__all__ = ["adain", "attention", "bias_act", "DDIMStepOutput", "ddim_step", "QSampleOutput", "q_sample", "diffusion_loss", "group_norm",
+__all__ = ["adain", "attention", "bias_act", "DDIMStepOutput", "ddim_step", "QSampleOutput", "q_sample", "diffusion_loss", "group_norm", "grad_norm_penalty", "gradient_penalty",
            "modulated_bias_act", "modulate_weight", "conv2d_resample", "modulated_conv2d", "demodulation_coefficients", "upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d",
            "SamplerUpdateOutput", "sampler_coeffs", "sampler_update"]

@@ -2,6 +2,8 @@
 
 * :mod:`fastgen.gan.losses` — minimax / non-saturating / Wasserstein / hinge / least-squares losses,
   R1 / R2 and path-length penalties, InfoGAN and ACGAN terms, weight clipping, spectral norm.
+* :func:`gradient_penalty` — WGAN-GP / R1 / R2 / DRAGAN through any critic, on the fused per-sample
+  norm penalty (``fastgen.functional.grad_norm_penalty``).
 * :class:`GANRecipe` — the base of the training recipes (networks, optimizers, EMA, per-step logic,
   data-parallel helpers), driven by :class:`fastgen.train.GANTrainer`.
 * :class:`StyleGANTraining` — StyleGAN2's recipe: lazy R1 and path-length regularisation, style
@@ -10,8 +12,11 @@
 from .losses import (LOSSES, PathLengthPenalty, acgan_loss, clip_weights_, d_logistic_loss, d_loss, g_loss,
                      g_nonsaturating_loss, infogan_categorical_loss, infogan_continuous_loss, r1_penalty, r2_penalty,
                      spectral_norm)
+from ..ops.grad_penalty import KINDS as PENALTIES
+from ..ops.grad_penalty import gradient_penalty
 from .recipe import GANRecipe
 from .stylegan import StyleGANTraining, ema_beta
 
 __all__ = ["PathLengthPenalty", "d_logistic_loss", "g_nonsaturating_loss", "r1_penalty", "LOSSES", "d_loss", "g_loss",
-           "r2_penalty", "acgan_loss", "infogan_categorical_loss", "infogan_continuous_loss", "clip_weights_", "spectral_norm", "StyleGANTraining", "ema_beta", "GANRecipe"]
+           "r2_penalty", "acgan_loss", "infogan_categorical_loss", "infogan_continuous_loss", "clip_weights_", "spectral_norm", "StyleGANTraining", "ema_beta", "GANRecipe",
+           "gradient_penalty", "PENALTIES"]
