@@ -1,7 +1,16 @@
-"""Generative models built on fastgen's fused blocks."""
+"""Generative models built on fastgen's fused blocks.
+
+* :class:`UNet` — the DDPM / ADM diffusion U-Net (``UNET_PRESETS``).
+* :class:`Generator`, :class:`Discriminator` — StyleGAN / StyleGAN2 (``STYLEGAN_PRESETS``).
+* GAN model zoo: :class:`DCGANGenerator`, :class:`DCGANDiscriminator` (cGAN, ACGAN, InfoGAN, WGAN(-GP)
+  critics, projection discriminator, spectral norm, SAGAN attention; ``DCGAN_PRESETS``).
+"""
+from .dcgan import PRESETS as DCGAN_PRESETS
+from .dcgan import DCGANDiscriminator, DCGANGenerator, DiscriminatorOutput, InfoCodes
 from .stylegan import PRESETS as STYLEGAN_PRESETS
 from .stylegan import Discriminator, Generator
 from .unet import PRESETS as UNET_PRESETS
 from .unet import UNet
 
-__all__ = ["UNet", "UNET_PRESETS", "Generator", "Discriminator", "STYLEGAN_PRESETS"]
+__all__ = ["UNet", "UNET_PRESETS", "Generator", "Discriminator", "STYLEGAN_PRESETS", "DCGANGenerator",
+           "DCGANDiscriminator", "DiscriminatorOutput", "InfoCodes", "DCGAN_PRESETS"]
