@@ -1,8 +1,8 @@
 """The GAN model zoo: DCGAN (cGAN / ACGAN / InfoGAN / WGAN critics / projection / SN / SAGAN),
-(pix2pix and CycleGAN follow).
+pix2pix (U-Net generator, PatchGAN) (CycleGAN follows).
 
 Small channel counts throughout: these test wiring, shapes, conditioning, heads, gradient penalties
-(double backward, gradcheck), fused-vs-reference agreement and checkpointing."""
+(double backward, gradcheck), fused-vs-reference agreement, receptive fields and checkpointing."""
 import json
 import warnings
 
@@ -13,7 +13,8 @@ from torch import nn
 
 import fastgen
 from fastgen.gan import acgan_loss, d_loss, infogan_categorical_loss, infogan_continuous_loss, r1_penalty
-from fastgen.models import (DCGAN_PRESETS, DCGANDiscriminator, DCGANGenerator, DiscriminatorOutput, InfoCodes)
+from fastgen.models import (DCGAN_PRESETS, DCGANDiscriminator, DCGANGenerator, DiscriminatorOutput, InfoCodes,
+                            PatchGANDiscriminator, UNetGenerator)
 from fastgen.nn import BiasAct, GroupNormAct, SelfAttention2d
 
 D64 = torch.float64
@@ -394,3 +395,131 @@ def test_batchnorm_discriminator_warns_under_gradient_penalty():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         D(x.clone().requires_grad_())  # once per module
+
+
+# ============================================================================= pix2pix
+@pytest.mark.parametrize("res", [16, 32, 64])
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_unet_generator_shapes_range_backward(res, norm):
+    G = UNetGenerator(in_channels=2, out_channels=3, img_resolution=res, base_channels=2, max_channels=8, norm=norm)
+    assert G.depth == res.bit_length() - 1 and len(G.down) == len(G.up) == G.depth
+    x = torch.randn(2, 2, res, res)
+    y = G(x)
+    assert y.shape == (2, 3, res, res) and float(y.detach().abs().max()) <= 1.0
+    y.mean().backward()
+    assert _finite_nonzero(_first_conv_weight(G).grad)
+    chans = [b.conv.out_channels for b in G.down]
+    assert chans == [min(2 * 2 ** i, 8) for i in range(G.depth)]
+    assert G.down[0].norm is None and G.down[-1].norm is None and all(b.norm is not None for b in G.down[1:-1])
+    assert [b.dropout for b in G.up] == [0.5] * min(3, G.depth - 1) + [0.0] * (G.depth - min(3, G.depth - 1))
+    # fully convolutional: a larger input of a multiple of img_resolution works
+    assert G(torch.randn(1, 2, res, 2 * res)).shape == (1, 3, res, 2 * res)
+
+
+def test_unet_generator_skip_connections():
+    """Each decoder block (after the innermost) sees [previous decoder output, encoder output of the same
+    resolution]; the last one sees the first encoder layer's full-resolution-derived features."""
+    G = UNetGenerator(img_resolution=32, base_channels=2, max_channels=8, dropout=0.0).eval()
+    seen = {}
+    for i, m in enumerate(G.down):
+        m.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(("down", i), out))
+    for j, m in enumerate(G.up):
+        m.register_forward_hook(lambda mod, inp, out, j=j: seen.__setitem__(("up", j), inp[0]))
+    x = torch.randn(1, 3, 32, 32)
+    G(x)
+    d = G.depth
+    assert torch.equal(seen[("up", 0)], seen[("down", d - 1)])
+    for j in range(1, d):
+        enc = seen[("down", d - 1 - j)]
+        assert torch.equal(seen[("up", j)][:, -enc.shape[1]:], enc)
+    # the output at a pixel depends on a local change of the input there (through the outer skips)
+    x2 = x.clone()
+    x2[:, :, 16, 16] += 1.0
+    with torch.no_grad():
+        diff = (G(x2) - G(x)).abs().sum(dim=1)[0]
+    assert float(diff[15:18, 15:18].sum()) > 0
+    # cutting the outermost skip changes the output: it carries information
+    with torch.no_grad():
+        cut = G.up[-1].conv.weight.clone()
+        cut[-G.down[0].conv.out_channels:] = 0
+        ref = G(x)
+        G.up[-1].conv.weight.copy_(cut)
+        assert not torch.allclose(G(x), ref)
+
+
+def test_unet_generator_dropout_at_eval():
+    x = torch.randn(2, 3, 16, 16)
+    G = UNetGenerator(img_resolution=16, base_channels=4, max_channels=16, norm="instance").eval()
+    assert G.dropout_at_eval
+    torch.manual_seed(1)
+    a = G(x)
+    torch.manual_seed(2)
+    b = G(x)
+    assert not torch.allclose(a, b)   # pix2pix's noise: dropout stays on in eval mode
+    torch.manual_seed(1)
+    torch.testing.assert_close(G(x), a)  # and follows the RNG
+    G.dropout_at_eval = False
+    assert G.config["dropout_at_eval"] is False
+    torch.testing.assert_close(G(x), G(x))  # deterministic now
+    G.train()
+    assert not torch.allclose(G(x), G(x))   # training mode: dropout on
+    off = UNetGenerator(img_resolution=16, base_channels=4, max_channels=16, norm="instance", dropout=0.0).eval()
+    off.load_state_dict(G.state_dict())
+    torch.testing.assert_close(off(x), G.eval()(x))  # dropout_at_eval=False == no dropout in eval mode
+
+
+# ----------------------------------------------------------------------------- PatchGAN
+@pytest.mark.parametrize("n_layers", [1, 2, 3, 4])
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+def test_patchgan_shapes(n_layers, norm):
+    D = PatchGANDiscriminator(in_channels=6, base_channels=2, n_layers=n_layers, norm=norm)
+    x, cond = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    y = D(x, condition=cond)
+    side = D.output_size(64)
+    assert y.shape == (2, 1, side, side) and side == 64 // 2 ** n_layers - 2
+    torch.testing.assert_close(D(torch.cat([cond, x], dim=1)), y)
+    chans = [m.conv.out_channels for m in D.layers]
+    assert chans == [2 * min(2 ** i, 8) for i in range(n_layers + 1)]
+    assert D.layers[0].norm is None
+    y.mean().backward()
+    assert _finite_nonzero(_first_conv_weight(D).grad)
+
+
+@pytest.mark.parametrize("n_layers,expected", [(1, 16), (2, 34), (3, 70)])
+def test_patchgan_receptive_field_by_backprop(n_layers, expected):
+    """Backprop a one-hot gradient at one output logit and measure the input region it reaches."""
+    D = PatchGANDiscriminator(in_channels=1, base_channels=2, n_layers=n_layers, norm="none").double()
+    assert D.receptive_field == PatchGANDiscriminator.receptive_field_of(n_layers) == expected
+    x = torch.randn(1, 1, 128, 128, dtype=D64, requires_grad=True)
+    y = D(x)
+    i, j = y.shape[2] // 2, y.shape[3] // 2
+    g, = torch.autograd.grad(y[0, 0, i, j], x)
+    rows = g[0, 0].abs().sum(dim=1).nonzero().flatten()
+    cols = g[0, 0].abs().sum(dim=0).nonzero().flatten()
+    assert 0 < int(rows[0]) and int(rows[-1]) < 127  # not clipped by the border
+    assert int(rows[-1] - rows[0]) + 1 == expected and int(cols[-1] - cols[0]) + 1 == expected
+    # and every input pixel of that square contributes
+    assert int((g[0, 0] != 0).sum()) == expected ** 2
+
+
+def test_patchgan_receptive_field_70_with_batchnorm_in_eval_mode():
+    D = PatchGANDiscriminator(in_channels=3, base_channels=2, norm="batch").eval()
+    x = torch.randn(1, 3, 96, 96, requires_grad=True)
+    y = D(x)
+    g, = torch.autograd.grad(y[0, 0, y.shape[2] // 2, y.shape[3] // 2], x)
+    assert int((g[0].abs().sum(dim=0) != 0).sum()) == 70 * 70
+
+
+def test_patchgan_batchnorm_warns_under_gradient_penalty():
+    P = PatchGANDiscriminator(in_channels=3, base_channels=2, norm="batch")
+    with pytest.warns(UserWarning, match="gradient penalty"):
+        P(torch.randn(2, 3, 32, 32, requires_grad=True))
+
+
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_patchgan_double_backward(norm):
+    D = PatchGANDiscriminator(in_channels=6, base_channels=2, norm=norm)
+    x, cond = torch.rand(2, 3, 32, 32).requires_grad_(), torch.rand(2, 3, 32, 32)
+    r1 = r1_penalty(D(x, condition=cond).flatten(1).mean(dim=1), x).mean()
+    r1.backward()
+    assert _finite_nonzero(_first_conv_weight(D).grad)

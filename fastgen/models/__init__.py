@@ -3,14 +3,17 @@
 * :class:`UNet` — the DDPM / ADM diffusion U-Net (``UNET_PRESETS``).
 * :class:`Generator`, :class:`Discriminator` — StyleGAN / StyleGAN2 (``STYLEGAN_PRESETS``).
 * GAN model zoo: :class:`DCGANGenerator`, :class:`DCGANDiscriminator` (cGAN, ACGAN, InfoGAN, WGAN(-GP)
-  critics, projection discriminator, spectral norm, SAGAN attention; ``DCGAN_PRESETS``).
+  critics, projection discriminator, spectral norm, SAGAN attention; ``DCGAN_PRESETS``), pix2pix's
+  :class:`UNetGenerator` and :class:`PatchGANDiscriminator`.
 """
 from .dcgan import PRESETS as DCGAN_PRESETS
 from .dcgan import DCGANDiscriminator, DCGANGenerator, DiscriminatorOutput, InfoCodes
+from .pix2pix import PatchGANDiscriminator, UNetGenerator
 from .stylegan import PRESETS as STYLEGAN_PRESETS
 from .stylegan import Discriminator, Generator
 from .unet import PRESETS as UNET_PRESETS
 from .unet import UNet
 
 __all__ = ["UNet", "UNET_PRESETS", "Generator", "Discriminator", "STYLEGAN_PRESETS", "DCGANGenerator",
-           "DCGANDiscriminator", "DiscriminatorOutput", "InfoCodes", "DCGAN_PRESETS"]
+           "DCGANDiscriminator", "DiscriminatorOutput", "InfoCodes", "DCGAN_PRESETS", "UNetGenerator",
+           "PatchGANDiscriminator"]
