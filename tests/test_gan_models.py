@@ -1,5 +1,5 @@
 """The GAN model zoo: DCGAN (cGAN / ACGAN / InfoGAN / WGAN critics / projection / SN / SAGAN),
-pix2pix (U-Net generator, PatchGAN) (CycleGAN follows).
+pix2pix (U-Net generator, PatchGAN) and CycleGAN (ResNet generator, image pool).
 
 Small channel counts throughout: these test wiring, shapes, conditioning, heads, gradient penalties
 (double backward, gradcheck), fused-vs-reference agreement, receptive fields and checkpointing."""
@@ -13,8 +13,8 @@ from torch import nn
 
 import fastgen
 from fastgen.gan import acgan_loss, d_loss, infogan_categorical_loss, infogan_continuous_loss, r1_penalty
-from fastgen.models import (DCGAN_PRESETS, DCGANDiscriminator, DCGANGenerator, DiscriminatorOutput, InfoCodes,
-                            PatchGANDiscriminator, UNetGenerator)
+from fastgen.models import (DCGAN_PRESETS, DCGANDiscriminator, DCGANGenerator, DiscriminatorOutput, ImagePool,
+                            InfoCodes, PatchGANDiscriminator, ResnetGenerator, UNetGenerator)
 from fastgen.nn import BiasAct, GroupNormAct, SelfAttention2d
 
 D64 = torch.float64
@@ -523,3 +523,102 @@ def test_patchgan_double_backward(norm):
     r1 = r1_penalty(D(x, condition=cond).flatten(1).mean(dim=1), x).mean()
     r1.backward()
     assert _finite_nonzero(_first_conv_weight(D).grad)
+
+
+# ============================================================================= CycleGAN
+@pytest.mark.parametrize("n_blocks", [6, 9])
+@pytest.mark.parametrize("norm", ["instance", "batch", "none"])
+def test_resnet_generator_shapes_range_backward(n_blocks, norm):
+    G = ResnetGenerator(in_channels=3, out_channels=1, base_channels=2, n_blocks=n_blocks, norm=norm)
+    assert len(G.blocks) == n_blocks
+    x = torch.randn(2, 3, 12, 16)
+    y = G(x)
+    assert y.shape == (2, 1, 12, 16) and float(y.detach().abs().max()) <= 1.0
+    y.mean().backward()
+    assert _finite_nonzero(_first_conv_weight(G).grad)
+    assert G.stem.conv.kernel_size == (7, 7) and G.stem.conv.padding_mode == "reflect"
+    assert G.blocks[0].conv1.conv.padding_mode == "reflect" and G.blocks[0].conv1.conv.in_channels == 8
+    assert [m.conv.stride for m in G.down] == [(2, 2), (2, 2)]
+    assert all(isinstance(m.conv, nn.ConvTranspose2d) for m in G.up) and G.head.act.act == "tanh"
+    with pytest.raises(ValueError, match="multiples of 4"):
+        G(torch.randn(1, 3, 14, 16))
+
+
+def test_resnet_blocks_are_residual():
+    G = ResnetGenerator(base_channels=2, n_blocks=1, norm="instance")
+    block = G.blocks[0]
+    with torch.no_grad():
+        block.conv2.norm.weight.zero_()
+        block.conv2.norm.bias.zero_()
+    h = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(block(h), h)  # with the residual branch zeroed, the identity
+
+
+# ----------------------------------------------------------------------------- ImagePool
+def test_image_pool_fills_then_swaps_half_the_time():
+    pool = ImagePool(4)
+    g = torch.Generator().manual_seed(0)
+    first = torch.randn(3, 1, 2, 2)
+    torch.testing.assert_close(pool.query(first, g), first)  # filling: returned as is and stored
+    assert len(pool) == 3
+    second = torch.randn(3, 1, 2, 2)
+    out = pool.query(second, g)
+    torch.testing.assert_close(out[0], second[0])  # fills the last slot
+    assert len(pool) == 4
+    stored_before = pool.images.clone()
+    seen_new = seen_old = 0
+    for _ in range(200):
+        new = torch.randn(1, 1, 2, 2)
+        before = pool.images.clone()
+        got = pool.query(new, g)
+        if torch.equal(got, new):
+            seen_new += 1
+            assert torch.equal(pool.images, before)
+        else:
+            seen_old += 1
+            j = [k for k in range(4) if torch.equal(before[k], got[0])]
+            assert len(j) == 1 and torch.equal(pool.images[j[0]], new[0])  # swapped in place
+    assert 70 < seen_old < 130 and seen_new + seen_old == 200
+    assert not torch.equal(pool.images, stored_before)
+
+
+def test_image_pool_detaches_and_passthrough():
+    x = torch.randn(2, 3, 4, 4, requires_grad=True) * 1
+    assert not ImagePool(5).query(x).requires_grad
+    torch.testing.assert_close(ImagePool(0).query(x), x.detach())
+    assert len(ImagePool(0)) == 0
+
+
+def test_image_pool_deterministic_and_state_round_trip(tmp_path):
+    def run(pool, seed, steps=6):
+        g = torch.Generator().manual_seed(seed)
+        data = torch.Generator().manual_seed(100 + seed)
+        return [pool.query(torch.randn(3, 2, 4, 4, generator=data), g) for _ in range(steps)]
+
+    a, b = ImagePool(5), ImagePool(5)
+    for u, v in zip(run(a, 1), run(b, 1)):
+        assert torch.equal(u, v)
+    assert torch.equal(a.images, b.images)
+
+    state = a.state_dict()
+    assert state["images"].shape == (5, 2, 4, 4) and int(state["size"]) == 5
+    from safetensors.torch import load_file, save_file
+    save_file(state, str(tmp_path / "pool.safetensors"))
+    c = ImagePool(5)
+    c.load_state_dict(load_file(str(tmp_path / "pool.safetensors")))
+    assert torch.equal(c.images, a.images)
+    for u, v in zip(run(a, 2), run(c, 2)):  # resumes exactly
+        assert torch.equal(u, v)
+    assert torch.equal(c.images, a.images)
+    # an empty pool's state round-trips too
+    empty = ImagePool(3).state_dict()
+    save_file(empty, str(tmp_path / "empty.safetensors"))
+    d = ImagePool(3)
+    d.load_state_dict(load_file(str(tmp_path / "empty.safetensors")))
+    assert len(d) == 0 and d.images is None
+    with pytest.raises(ValueError, match="size 5"):
+        ImagePool(3).load_state_dict(state)
+    with pytest.raises(ValueError, match="pool holds"):
+        a.query(torch.randn(1, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        a.query(torch.randn(3, 4, 4))

@@ -4,8 +4,10 @@
 * :class:`Generator`, :class:`Discriminator` — StyleGAN / StyleGAN2 (``STYLEGAN_PRESETS``).
 * GAN model zoo: :class:`DCGANGenerator`, :class:`DCGANDiscriminator` (cGAN, ACGAN, InfoGAN, WGAN(-GP)
   critics, projection discriminator, spectral norm, SAGAN attention; ``DCGAN_PRESETS``), pix2pix's
-  :class:`UNetGenerator` and :class:`PatchGANDiscriminator`.
+  :class:`UNetGenerator` and :class:`PatchGANDiscriminator`, CycleGAN's :class:`ResnetGenerator` and
+  :class:`ImagePool`.
 """
+from .cyclegan import ImagePool, ResnetGenerator
 from .dcgan import PRESETS as DCGAN_PRESETS
 from .dcgan import DCGANDiscriminator, DCGANGenerator, DiscriminatorOutput, InfoCodes
 from .pix2pix import PatchGANDiscriminator, UNetGenerator
@@ -16,4 +18,4 @@ from .unet import UNet
 
 __all__ = ["UNet", "UNET_PRESETS", "Generator", "Discriminator", "STYLEGAN_PRESETS", "DCGANGenerator",
            "DCGANDiscriminator", "DiscriminatorOutput", "InfoCodes", "DCGAN_PRESETS", "UNetGenerator",
-           "PatchGANDiscriminator"]
+           "PatchGANDiscriminator", "ResnetGenerator", "ImagePool"]
