@@ -622,3 +622,117 @@ def test_image_pool_deterministic_and_state_round_trip(tmp_path):
         a.query(torch.randn(1, 3, 4, 4))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         a.query(torch.randn(3, 4, 4))
+
+
+# ============================================================================= configs, arguments
+def _models():
+    return [
+        DCGANGenerator(z_dim=8, img_resolution=16, base_channels=4, c_dim=3, info_cat_dims=(2,), info_cont_dim=1),
+        DCGANDiscriminator(img_resolution=16, base_channels=4, c_dim=3, norm="layer", spectral_norm=True,
+                           aux_classes=3, info_cat_dims=(2,), info_cont_dim=1, minibatch_std=True,
+                           self_attention_at=8),
+        DCGANDiscriminator(img_resolution=16, base_channels=4, norm="batch", c_dim=2, cond="concat"),
+        UNetGenerator(img_resolution=16, base_channels=2, max_channels=8, norm="instance", dropout_at_eval=False),
+        PatchGANDiscriminator(in_channels=4, base_channels=2, n_layers=2, norm="batch"),
+        ResnetGenerator(base_channels=2, n_blocks=2),
+    ]
+
+
+def _inputs(m):
+    if isinstance(m, DCGANGenerator):
+        return (torch.randn(2, 8), torch.tensor([0, 2]), m.sample_codes(2, torch.Generator().manual_seed(0)))
+    if isinstance(m, DCGANDiscriminator):
+        return (torch.randn(2, 3, 16, 16), torch.tensor([1, 0]))
+    if isinstance(m, PatchGANDiscriminator):
+        return (torch.randn(2, 4, 32, 32),)
+    return (torch.randn(2, 3, 16, 16),)
+
+
+@pytest.mark.parametrize("idx", range(6))
+def test_config_rebuilds_identical_model(idx):
+    m = _models()[idx]
+    if isinstance(m, DCGANDiscriminator) and m.config["spectral_norm"]:
+        m(*_inputs(m))  # move the power-iteration vectors away from their initial state
+    with torch.no_grad():  # batch-norm running statistics too
+        for b in m.buffers():
+            if b.is_floating_point():
+                b.add_(0.1)
+    cfg = json.loads(json.dumps(m.config))  # JSON-serialisable, as checkpoints store it
+    torch.manual_seed(123)  # a different init: load_state_dict must bring everything over
+    m2 = type(m)(**cfg)
+    assert m2.config == m.config
+    m2.load_state_dict(m.state_dict())
+    m.eval(), m2.eval()
+    inputs = _inputs(m)
+    out, out2 = m(*inputs), m2(*inputs)
+    for a, b in zip(out if isinstance(out, tuple) else (out,), out2 if isinstance(out2, tuple) else (out2,)):
+        if isinstance(a, tuple):
+            for u, v in zip(a, b):
+                assert torch.equal(u, v)
+        elif a is not None:
+            assert torch.equal(a, b)
+
+
+BAD_ARGS = [
+    (DCGANGenerator, dict(img_resolution=24), "img_resolution must be a power of two >= 8"),
+    (DCGANGenerator, dict(img_resolution=4), "img_resolution"),
+    (DCGANGenerator, dict(z_dim=0), "z_dim"),
+    (DCGANGenerator, dict(base_channels=2.0), "base_channels"),
+    (DCGANGenerator, dict(c_dim=-1), "c_dim"),
+    (DCGANGenerator, dict(cond="projection"), "cond"),
+    (DCGANGenerator, dict(c_dim=3, cond="none"), "cond='concat'"),
+    (DCGANGenerator, dict(norm="layer"), "norm"),
+    (DCGANGenerator, dict(info_cat_dims=(1,)), "info_cat_dims"),
+    (DCGANGenerator, dict(info_cat_dims=4), "info_cat_dims"),
+    (DCGANGenerator, dict(info_cont_dim=-2), "info_cont_dim"),
+    (DCGANGenerator, dict(init="xavier"), "init"),
+    (DCGANDiscriminator, dict(img_resolution=100), "img_resolution"),
+    (DCGANDiscriminator, dict(norm="group"), "norm"),
+    (DCGANDiscriminator, dict(cond="film"), "cond"),
+    (DCGANDiscriminator, dict(c_dim=2, cond="none"), "cond='projection'"),
+    (DCGANDiscriminator, dict(aux_classes=1), "aux_classes"),
+    (DCGANDiscriminator, dict(spectral_norm=1), "spectral_norm"),
+    (DCGANDiscriminator, dict(minibatch_std="yes"), "minibatch_std"),
+    (DCGANDiscriminator, dict(self_attention_at=True), "self_attention_at"),
+    (DCGANDiscriminator, dict(img_resolution=16, self_attention_at=16), "self_attention_at"),
+    (DCGANDiscriminator, dict(out="probability"), "out"),
+    (UNetGenerator, dict(img_resolution=8), "img_resolution must be a power of two >= 16"),
+    (UNetGenerator, dict(dropout=1.0), "dropout"),
+    (UNetGenerator, dict(norm="none"), "norm"),
+    (UNetGenerator, dict(base_channels=64, max_channels=32), "max_channels"),
+    (UNetGenerator, dict(dropout_at_eval=None), "dropout_at_eval"),
+    (PatchGANDiscriminator, dict(n_layers=0), "n_layers"),
+    (PatchGANDiscriminator, dict(norm="layer"), "norm"),
+    (PatchGANDiscriminator, dict(in_channels=0), "in_channels"),
+    (ResnetGenerator, dict(n_blocks=0), "n_blocks"),
+    (ResnetGenerator, dict(norm="layer"), "norm"),
+    (ImagePool, dict(size=-1), "size"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,match", BAD_ARGS, ids=[f"{c.__name__}-{next(iter(k))}" for c, k, _ in BAD_ARGS])
+def test_bad_arguments(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        cls(**kwargs)
+    assert cls.__name__ in str(info.value)
+
+
+def test_bad_inputs():
+    G = DCGANGenerator(z_dim=8, img_resolution=8, base_channels=2)
+    with pytest.raises(ValueError, match=r"z must be a float tensor \(N, z_dim\)"):
+        G(torch.randn(2, 7))
+    D = DCGANDiscriminator(img_resolution=8, base_channels=2)
+    with pytest.raises(ValueError, match=r"x must be \(N, 3, 8, 8\)"):
+        D(torch.randn(2, 3, 16, 16))
+    with pytest.raises(TypeError, match="floating-point"):
+        D(torch.zeros(2, 3, 8, 8, dtype=torch.long))
+    U = UNetGenerator(img_resolution=16, base_channels=2, max_channels=4)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        U(torch.randn(1, 3, 24, 16))
+    P = PatchGANDiscriminator(in_channels=6, base_channels=2)
+    with pytest.raises(ValueError, match=r"cat\(\[condition, x\]\) must be \(N, 6"):
+        P(torch.randn(1, 3, 32, 32), condition=torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="condition must be"):
+        P(torch.randn(1, 3, 32, 32), condition=torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="too small"):
+        P(torch.randn(1, 6, 16, 16))
