@@ -17,6 +17,14 @@ What there is:
 * :class:`ImageFolder`: a folder of image files read with Pillow, labelled by class subfolders;
 * :class:`TensorImageDataset`: any in-memory image tensor (and labels);
 * :func:`load_dataset`: picks one of those from a name or a path.
+
+Image-to-image translation (pix2pix, CycleGAN) uses two domains A and B. :class:`PairedDataset`
+(aligned pairs) and :class:`UnpairedDataset` (two unaligned sets) return ``(cat([a, b]), -1)`` —
+the A and B images stacked along channels, so batches flow through the trainers' ordinary
+``(image, label)`` path; the recipes split them (``channels_a`` channels first). Built in:
+:func:`shapes_edges_dataset` (paired: the shapes' edge maps -> the shapes, like pix2pix's
+edges2shoes) and :func:`shapes_inverted_dataset` (unpaired: shapes <-> colour-inverted shapes from
+another draw); :func:`load_translation_dataset` also reads folders.
 """
 from __future__ import annotations
 
@@ -31,7 +39,8 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "DATASET_SEED", "SHAPE_CLASSES", "IMAGE_EXTENSIONS", "make_shapes", "shapes_dataset", "digits_dataset",
-    "TensorImageDataset", "ImageFolder", "load_dataset",
+    "TensorImageDataset", "ImageFolder", "load_dataset", "PairedDataset", "UnpairedDataset", "edge_map",
+    "shapes_edges_dataset", "shapes_inverted_dataset", "load_translation_dataset",
 ]
 
 DATASET_SEED = 20240607
@@ -332,3 +341,121 @@ def load_dataset(data: Union[str, os.PathLike] = "shapes", size: int = 32, *, ch
     if not Path(data).is_dir():
         raise FileNotFoundError(f"data: {str(data)!r} is neither 'shapes', 'digits' nor an existing folder")
     return ImageFolder(data, size, 3 if channels is None else channels)
+
+
+# ----------------------------------------------------------------------------- translation pairs
+def _as_images(name: str, d) -> Dataset:
+    if isinstance(d, torch.Tensor):
+        return TensorImageDataset(d)
+    if not hasattr(d, "__getitem__") or not hasattr(d, "__len__"):
+        raise TypeError(f"{name} must be an image tensor [N, C, S, S] or a dataset, got {type(d).__name__}")
+    if len(d) == 0:
+        raise ValueError(f"{name} is empty")
+    return d
+
+
+def _image_of(item) -> torch.Tensor:
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+class _TwoDomains(Dataset):
+    def __init__(self, a, b):
+        self.a, self.b = _as_images("a", a), _as_images("b", b)
+        ia, ib = _image_of(self.a[0]), _image_of(self.b[0])
+        if ia.shape[1:] != ib.shape[1:]:
+            raise ValueError(f"a and b images must have the same size, got {tuple(ia.shape)} and {tuple(ib.shape)}")
+        self.channels_a, self.channels_b = ia.shape[0], ib.shape[0]
+        self.channels, self.image_size = self.channels_a + self.channels_b, ia.shape[-1]
+        self.labels, self.num_classes, self.class_names = None, None, None
+
+    def _pair(self, ia: int, ib: int):
+        x = torch.cat([_image_of(self.a[ia]), _image_of(self.b[ib])], dim=0)
+        return x, torch.tensor(-1)
+
+
+class PairedDataset(_TwoDomains):
+    """Aligned pairs: item i is ``(cat([a_i, b_i]), -1)``; ``a`` and ``b`` have the same length."""
+
+    def __init__(self, a, b):
+        super().__init__(a, b)
+        if len(self.a) != len(self.b):
+            raise ValueError(f"a and b must have the same length for paired data, got {len(self.a)} and {len(self.b)}")
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, index: int):
+        index = range(len(self))[index]
+        return self._pair(index, index)
+
+
+class UnpairedDataset(_TwoDomains):
+    """Two unaligned sets: item i is ``(cat([a_(i mod |a|), b_(p_i mod |b|)]), -1)`` with ``p`` a fixed
+    seeded permutation, ``len = max(|a|, |b|)``; the trainers shuffle the items, so each batch pairs
+    random a's with random b's."""
+
+    def __init__(self, a, b, seed: int = DATASET_SEED):
+        super().__init__(a, b)
+        n = max(len(self.a), len(self.b))
+        self._perm = torch.randperm(n, generator=torch.Generator().manual_seed(_check_int("seed", seed, 0)))
+
+    def __len__(self) -> int:
+        return len(self._perm)
+
+    def __getitem__(self, index: int):
+        index = range(len(self))[index]
+        return self._pair(index % len(self.a), int(self._perm[index]) % len(self.b))
+
+
+def edge_map(images: torch.Tensor) -> torch.Tensor:
+    """A 1-channel edge map in [-1, 1] (edges bright on -1) of images ``[N, C, S, S]`` in [-1, 1]: the
+    gradient magnitude of the luminance (central differences), scaled by its 99th percentile."""
+    lum = images.mean(dim=1, keepdim=True)
+    p = torch.nn.functional.pad(lum, [1, 1, 1, 1], mode="replicate")
+    gx = p[..., 1:-1, 2:] - p[..., 1:-1, :-2]
+    gy = p[..., 2:, 1:-1] - p[..., :-2, 1:-1]
+    mag = (gx.square() + gy.square()).sqrt()
+    scale = torch.quantile(mag.flatten(), 0.99).clamp_min(1e-6)
+    return (mag / scale).clamp(0, 1) * 2 - 1
+
+
+def shapes_edges_dataset(size: int = 32, count: int = 4096, seed: int = DATASET_SEED) -> PairedDataset:
+    """Paired: A = the edge map (1 channel) of a shapes image, B = the image (3 channels)."""
+    images, _ = make_shapes(size, count, seed)
+    return PairedDataset(edge_map(images), images)
+
+
+def shapes_inverted_dataset(size: int = 32, count: int = 4096, seed: int = DATASET_SEED) -> UnpairedDataset:
+    """Unpaired: A = shapes images, B = colour-inverted shapes images of another draw (``-image``)."""
+    a, _ = make_shapes(size, count, seed)
+    b, _ = make_shapes(size, count, seed + 1)
+    return UnpairedDataset(a, -b, seed=seed)
+
+
+def _domain_folder(root: Path, names) -> Optional[Path]:
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    return None
+
+
+def load_translation_dataset(data: Union[str, os.PathLike] = "shapes-edges", size: int = 32, *,
+                             paired: Optional[bool] = None, channels: int = 3) -> Dataset:
+    """A two-domain dataset: ``"shapes-edges"`` (paired), ``"shapes-inverted"`` (unpaired), or a folder
+    with ``A/`` and ``B/`` (or CycleGAN's ``trainA/`` / ``trainB/``) subfolders of images. A folder is
+    paired when ``paired=True`` (the files of A and B are matched by sorted order, so name them alike)
+    and unpaired otherwise.
+    """
+    if data == "shapes-edges":
+        return shapes_edges_dataset(size)
+    if data == "shapes-inverted":
+        return shapes_inverted_dataset(size)
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data: {str(data)!r} is neither 'shapes-edges', 'shapes-inverted' nor an existing "
+                                "folder")
+    fa, fb = _domain_folder(root, ("A", "trainA")), _domain_folder(root, ("B", "trainB"))
+    if fa is None or fb is None:
+        raise FileNotFoundError(f"data: {str(data)!r} needs subfolders A/ and B/ (or trainA/ and trainB/)")
+    a, b = ImageFolder(fa, size, channels), ImageFolder(fb, size, channels)
+    return PairedDataset(a, b) if paired else UnpairedDataset(a, b)

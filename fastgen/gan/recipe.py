@@ -64,6 +64,11 @@ class GANRecipe:
     def num_classes(self) -> Optional[int]:
         return getattr(self.G, "c_dim", 0) or None
 
+    def expected_image_shape(self):
+        """The (C, H, W) of the dataset's images this recipe trains on, or None if it does not know."""
+        res, ch = getattr(self.G, "img_resolution", None), getattr(self.G, "img_channels", None)
+        return (ch, res, res) if res is not None and ch is not None else None
+
     @property
     def device(self) -> torch.device:
         return next(self.G.parameters()).device

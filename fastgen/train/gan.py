@@ -52,10 +52,9 @@ class GANTrainer(Trainer):
                     sample_count=sample_count, num_workers=num_workers, progress=progress, device=recipe.device)
         if recipe.conditional:
             self._require_labels(f"the {recipe.name} recipe")
-        res = getattr(recipe.G, "img_resolution", None)
-        ch = getattr(recipe.G, "img_channels", None)
-        if res is not None and self.image_shape != (ch, res, res):
-            raise ValueError(f"dataset images are {self.image_shape} but the generator makes ({ch}, {res}, {res})")
+        want = recipe.expected_image_shape()
+        if want is not None and self.image_shape != tuple(want):
+            raise ValueError(f"dataset images are {self.image_shape} but the generator makes {tuple(want)}")
         self.config: Dict[str, Any] = dict(batch_size=batch_size, seed=seed, sample_count=sample_count,
                                            image_shape=list(self.image_shape), num_classes=recipe.num_classes,
                                            recipe=recipe.name, recipe_config=recipe.config)
@@ -118,27 +117,35 @@ class GANTrainer(Trainer):
         r.load_extra_state(ckpt.strip_prefix("recipe", tensors))
 
 
-def load_generator(path: Union[str, Path], *, ema: bool = True, device: Union[str, torch.device] = "cpu") -> nn.Module:
-    """Rebuild the trained fastgen :class:`~fastgen.models.Generator` from a :class:`GANTrainer`
-    checkpoint (a file or a run folder), with the EMA weights (``ema=True``, when kept) or the raw
-    trained ones, in eval mode."""
-    from ..models.stylegan import Generator
+def load_generator(path: Union[str, Path], *, name: Optional[str] = None, ema: bool = True,
+                   device: Union[str, torch.device] = "cpu") -> nn.Module:
+    """Rebuild a trained fastgen generator (StyleGAN ``Generator``, ``DCGANGenerator``,
+    ``UNetGenerator``, ``ResnetGenerator``) from a :class:`GANTrainer` checkpoint (a file or a run
+    folder): network ``name`` (default ``G``, or ``G_AB`` for CycleGAN), with the EMA weights
+    (``ema=True``, when kept) or the raw trained ones, in eval mode."""
+    from ..models import cyclegan, dcgan, pix2pix, stylegan
 
     path = resolve_checkpoint(path)
     tensors, meta = ckpt.load_checkpoint(path)
     if meta.get("kind") != "gan":
         raise ValueError(f"checkpoint {str(path)!r} is not a GAN checkpoint (kind {meta.get('kind')!r})")
-    info = meta.get("models", {}).get("G", {})
-    classes = {"Generator": Generator}
+    models = meta.get("models", {})
+    if name is None:
+        name = "G" if "G" in models else ("G_AB" if "G_AB" in models else next(iter(models), "G"))
+    if name not in models:
+        raise ValueError(f"checkpoint {str(path)!r} has no network {name!r} (it has {', '.join(models)})")
+    info = models[name]
+    classes = {"Generator": stylegan.Generator, "DCGANGenerator": dcgan.DCGANGenerator,
+               "UNetGenerator": pix2pix.UNetGenerator, "ResnetGenerator": cyclegan.ResnetGenerator}
     if info.get("class") not in classes or not isinstance(info.get("config"), dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {info.get('class')!r} generator; only fastgen "
                          f"{', '.join(classes)} checkpoints can be rebuilt without code")
     cfg = dict(info["config"])
     G = classes[info["class"]](**cfg)
     weights = {}
-    if ema and meta.get("ema"):
+    if ema and meta.get("ema") and name == "G":
         weights = {k[len("module."):]: v for k, v in ckpt.strip_prefix("ema", tensors).items() if k.startswith("module.")}
     if not weights:
-        weights = ckpt.strip_prefix("models/G", tensors)
+        weights = ckpt.strip_prefix(f"models/{name}", tensors)
     load_module_weights(G, weights, path, "generator")
     return G.to(device).eval()
