@@ -110,3 +110,31 @@ def test_bad_arguments(batches):
                        batch_size=8)
     with pytest.raises(ValueError, match="labels"):
         cond.step(batches[0][0])
+
+
+def test_diagnostics_and_their_logging(tmp_path):
+    from fastgen.gan import class_coverage, pairwise_diversity, relative_diversity
+
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
+    assert pairwise_diversity(x) == pytest.approx((5 + 5 + 0) * 2 / 6)
+    assert relative_diversity(torch.zeros(4, 2), x) == 0.0  # a collapsed generator
+    with pytest.raises(ValueError):
+        pairwise_diversity(torch.zeros(1, 3))
+
+    class Fixed(torch.nn.Module):  # predicts class = the first pixel's sign
+        def forward(self, img):
+            s = img.flatten(1)[:, 0]
+            return torch.stack([s * 10, -s * 10], dim=1)
+
+    imgs = torch.tensor([1.0, 1.0, -1.0, 1.0]).reshape(4, 1, 1, 1)
+    cov = class_coverage(imgs, Fixed(), 2, labels=torch.tensor([0, 0, 1, 1]))
+    assert cov == {"coverage": 2, "histogram": [3, 1], "confident": 1.0, "accuracy": 0.75}
+
+    data = load_dataset("shapes", size=16, count=64)
+    r = _recipe("acgan")
+    tr = GANTrainer(r, data, batch_size=8, progress=False, log_every=0, diagnostics_every=2, classifier=Fixed(),
+                    out_dir=tmp_path)
+    tr.train(2)
+    rec = tr.diagnostics_history[-1]
+    assert rec["step"] == 2 and 0 <= rec["diversity"] and "coverage" in rec and "accuracy" in rec
+    assert '"diagnostics"' in (tmp_path / "metrics.jsonl").read_text()

@@ -8,6 +8,7 @@
   data-parallel helpers), driven by :class:`fastgen.train.GANTrainer`.
 * :class:`GANTraining` — DCGAN / WGAN (clip, GP) / LSGAN / hinge / R1 / conditional / ACGAN / InfoGAN.
 * :class:`Pix2PixTraining`, :class:`CycleGANTraining` — paired / unpaired image-to-image translation.
+* :mod:`fastgen.gan.diagnostics` — mode-collapse diagnostics (sample diversity, class coverage).
 * :class:`StyleGANTraining` — StyleGAN2's recipe: lazy R1 and path-length regularisation, style
   mixing, Adam with lazy-regularisation-corrected hyper-parameters, generator EMA.
 """
@@ -17,6 +18,7 @@ from .losses import (LOSSES, PathLengthPenalty, acgan_loss, clip_weights_, d_log
 from ..ops.grad_penalty import KINDS as PENALTIES
 from ..ops.grad_penalty import gradient_penalty
 from .classic import GANTraining
+from .diagnostics import SmallClassifier, class_coverage, pairwise_diversity, relative_diversity, train_classifier
 from .recipe import GANRecipe
 from .translation import CycleGANTraining, Pix2PixTraining
 from .stylegan import StyleGANTraining, ema_beta
@@ -24,4 +26,5 @@ from .stylegan import StyleGANTraining, ema_beta
 __all__ = ["PathLengthPenalty", "d_logistic_loss", "g_nonsaturating_loss", "r1_penalty", "LOSSES", "d_loss", "g_loss",
            "r2_penalty", "acgan_loss", "infogan_categorical_loss", "infogan_continuous_loss", "clip_weights_", "spectral_norm", "StyleGANTraining", "ema_beta", "GANRecipe",
            "gradient_penalty", "PENALTIES", "GANTraining",
-           "Pix2PixTraining", "CycleGANTraining"]
+           "Pix2PixTraining", "CycleGANTraining",
+           "pairwise_diversity", "relative_diversity", "class_coverage", "SmallClassifier", "train_classifier"]

@@ -169,6 +169,9 @@ class Trainer:
     def sample(self, n: Optional[int] = None, **kwargs) -> torch.Tensor:
         raise NotImplementedError
 
+    def _periodic(self, step: int) -> None:
+        """Called after every step of :meth:`train` (after logging, samples and checkpoints)."""
+
     def _state_tensors(self) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -226,6 +229,7 @@ class Trainer:
                     self.save_samples()
                 if self.checkpoint_every and s % self.checkpoint_every == 0:
                     self.save_checkpoint()
+                self._periodic(s)
         except KeyboardInterrupt:
             # single-process only: saving gathers RNG states from every process, and after Ctrl-C
             # the others may be anywhere (a collective could hang); they keep their periodic ones
@@ -247,11 +251,15 @@ class Trainer:
     def _log(self, means: Dict[str, float], it_per_s: float) -> Dict[str, float]:
         rec = {"step": self.step_count, **means, **self._log_extra(), "it_per_s": it_per_s, "time": time.time()}
         self.history.append(rec)
+        self._write_metrics(rec)
+        return rec
+
+    def _write_metrics(self, rec: Dict[str, Any]) -> None:
+        """Append a record to ``out_dir/metrics.jsonl`` (main process, when there is an out_dir)."""
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
-        return rec
 
     # ------------------------------------------------------------------ samples
     def save_samples(self, path: Optional[Union[str, Path]] = None) -> Optional[Path]:

@@ -34,6 +34,11 @@ class GANTrainer(Trainer):
         seed: the data order and the trainer's own draws (sample-grid latents use fixed seeds).
         out_dir, log_every, sample_every, checkpoint_every, keep_checkpoints, sample_count,
         num_workers, progress: as :class:`~fastgen.train.DiffusionTrainer`.
+        diagnostics_every: every k steps (0: never) record mode-collapse diagnostics of 64 samples
+            (:meth:`diagnostics`: diversity relative to real images and, with ``classifier``, class
+            coverage) in ``diagnostics`` and ``metrics.jsonl``.
+        classifier: a classifier of the dataset's classes (e.g.
+            :func:`fastgen.gan.diagnostics.train_classifier`) for the class-coverage diagnostic.
     """
 
     kind = "gan"
@@ -41,7 +46,7 @@ class GANTrainer(Trainer):
     def __init__(self, recipe, dataset, *, batch_size: int = 32, seed: int = 0,
                  out_dir: Optional[Union[str, Path]] = None, log_every: int = 50, sample_every: int = 0,
                  checkpoint_every: int = 0, keep_checkpoints: int = 2, sample_count: int = 16, num_workers: int = 0,
-                 progress: bool = True):
+                 progress: bool = True, diagnostics_every: int = 0, classifier: Optional[nn.Module] = None):
         from ..gan.recipe import GANRecipe
 
         if not isinstance(recipe, GANRecipe):
@@ -58,6 +63,9 @@ class GANTrainer(Trainer):
         self.config: Dict[str, Any] = dict(batch_size=batch_size, seed=seed, sample_count=sample_count,
                                            image_shape=list(self.image_shape), num_classes=recipe.num_classes,
                                            recipe=recipe.name, recipe_config=recipe.config)
+        self.diagnostics_every = check_setting("diagnostics_every", diagnostics_every, numbers.Integral, minimum=0)
+        self.classifier = classifier
+        self.diagnostics_history: list = []
         recipe.set_distributed(self.dist.rank, self.dist.world_size)
 
     # ------------------------------------------------------------------ steps and samples
@@ -79,6 +87,36 @@ class GANTrainer(Trainer):
         if self.recipe.conditional and labels is None:
             labels = torch.arange(n) % self.recipe.num_classes
         return self.recipe.sample(n, labels, generator=torch.Generator().manual_seed(seed))
+
+    # ------------------------------------------------------------------ diagnostics
+    @torch.no_grad()
+    def diagnostics(self, n: int = 64) -> Dict[str, Any]:
+        """Mode-collapse diagnostics of ``n`` samples (fixed seed; the training RNG is untouched):
+        ``diversity`` = mean pairwise distance relative to ``n`` real images, and with a classifier
+        ``coverage`` / ``histogram`` / ``confident`` (/ ``accuracy`` for class-conditional samples)."""
+        from ..gan.diagnostics import class_coverage, relative_diversity
+
+        labels = torch.arange(n) % self.recipe.num_classes if self.recipe.conditional else None
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            fake = self.sample(n, labels=labels, seed=1).float().cpu()
+        real = torch.stack([torch.as_tensor(self.dataset[i][0] if isinstance(self.dataset[i], (tuple, list))
+                                            else self.dataset[i]) for i in range(min(n, len(self.dataset)))])
+        out: Dict[str, Any] = {"step": self.step_count}
+        if fake.shape[1:] == real.shape[1:]:
+            out["diversity"] = relative_diversity(fake, real)
+        if self.classifier is not None and self.dataset_num_classes:
+            out.update(class_coverage(fake, self.classifier.cpu(), self.dataset_num_classes, labels))
+        return out
+
+    @property
+    def dataset_num_classes(self) -> Optional[int]:
+        return getattr(self.dataset, "num_classes", None) or self.recipe.num_classes
+
+    def _periodic(self, step: int) -> None:
+        if self.diagnostics_every and step % self.diagnostics_every == 0 and self.is_main:
+            rec = self.diagnostics()
+            self.diagnostics_history.append(rec)
+            self._write_metrics({"diagnostics": rec})
 
     # ------------------------------------------------------------------ checkpoints
     def _state_tensors(self) -> Dict[str, torch.Tensor]:
