@@ -199,10 +199,10 @@ def gradient_penalty(critic: Callable[..., torch.Tensor], real: torch.Tensor, fa
     n = real.shape[0]
     bshape = (n,) + (1,) * (real.dim() - 1)
     if kind == "wgan-gp":
-        eps = torch.rand(bshape, generator=generator, dtype=real.dtype).to(real.device)
+        eps = torch.rand(bshape, generator=generator).to(real.device, real.dtype)  # fp32 draws for every dtype
         x = torch.lerp(fake.detach(), real, eps)
     elif kind == "dragan":
-        u = torch.rand(real.shape, generator=generator, dtype=real.dtype).to(real.device)
+        u = torch.rand(real.shape, generator=generator).to(real.device, real.dtype)
         x = real + 0.5 * real.std() * u
     else:
         x = real if kind == "r1" else fake.detach()
@@ -223,10 +223,10 @@ def gradient_penalty_reference(critic, real, fake=None, *, kind="wgan-gp", weigh
     n = real.shape[0]
     bshape = (n,) + (1,) * (real.dim() - 1)
     if kind == "wgan-gp":
-        eps = torch.rand(bshape, generator=generator, dtype=real.dtype).to(real.device)
+        eps = torch.rand(bshape, generator=generator).to(real.device, real.dtype)  # fp32 draws for every dtype
         x = eps * real + (1 - eps) * fake.detach()
     elif kind == "dragan":
-        u = torch.rand(real.shape, generator=generator, dtype=real.dtype).to(real.device)
+        u = torch.rand(real.shape, generator=generator).to(real.device, real.dtype)
         x = real + 0.5 * real.std() * u
     else:
         x = real if kind == "r1" else fake.detach()
