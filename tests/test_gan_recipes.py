@@ -138,3 +138,30 @@ def test_diagnostics_and_their_logging(tmp_path):
     rec = tr.diagnostics_history[-1]
     assert rec["step"] == 2 and 0 <= rec["diversity"] and "coverage" in rec and "accuracy" in rec
     assert '"diagnostics"' in (tmp_path / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("name", ["wgan-gp", "acgan"])
+def test_bf16_autocast_steps(name, batches):
+    r = _recipe(name, bf16=True)
+    for b in batches[:2]:
+        out = r.step(*b)
+        assert all(torch.isfinite(v) for v in out.values()), out
+    assert all(p.dtype == torch.float32 for p in r.G.parameters())
+    assert r.config["bf16"] is True
+
+
+def test_stylegan_and_translation_bf16_steps():
+    from fastgen.data import shapes_edges_dataset
+    from fastgen.gan import Pix2PixTraining, StyleGANTraining
+    from fastgen.models import Discriminator, Generator, PatchGANDiscriminator, UNetGenerator
+
+    torch.manual_seed(0)
+    sg = StyleGANTraining(Generator.from_preset("tiny", c_dim=4), Discriminator.from_preset("tiny", c_dim=4),
+                          batch_size=4, r1_interval=1, pl_interval=1, bf16=True)
+    out = sg.step(torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 3]))
+    assert {"g", "pl", "d", "r1"} <= out.keys() and all(torch.isfinite(v) for v in out.values())
+    p2p = Pix2PixTraining(UNetGenerator(in_channels=1, img_resolution=16, base_channels=4),
+                          PatchGANDiscriminator(in_channels=4, base_channels=4, n_layers=1), batch_size=2, bf16=True)
+    data = shapes_edges_dataset(16, 2)
+    out = p2p.step(torch.stack([data[0][0], data[1][0]]))
+    assert all(torch.isfinite(v) for v in out.values())

@@ -23,6 +23,7 @@ from torch import nn
 
 from fastgen.demo import make_dataset
 from fastgen.diffusion import GaussianDiffusion
+from fastgen.gan.diagnostics import train_classifier as fit_classifier
 from fastgen.models.unet import UNet
 from fastgen.train import DiffusionTrainer
 
@@ -33,34 +34,11 @@ def shapes(count: int, seed: int):
     return make_dataset(SIZE, count, seed=seed), torch.arange(count) % CLASSES
 
 
-class ShapeClassifier(nn.Module):
-    def __init__(self):
-        super().__init__()
-        def block(cin, cout):
-            return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(),
-                    nn.MaxPool2d(2)]
-        self.net = nn.Sequential(*block(3, 32), *block(32, 64), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, CLASSES))
-
-    def forward(self, x):
-        return self.net(x)
-
-
 def train_classifier(steps: int = 1500, seed: int = 0) -> tuple[nn.Module, float]:
     """A CNN on one draw of the dataset; returns it and its accuracy on another (held-out) draw."""
-    torch.manual_seed(seed)
     x, y = shapes(16384, seed=1001)  # small discs and rotated squares differ by a few pixels: much data
     xt, yt = shapes(1024, seed=2002)
-    clf = ShapeClassifier()
-    opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (128,), generator=g)
-        loss = nn.functional.cross_entropy(clf(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    clf.eval()
+    clf = fit_classifier(x, y, CLASSES, steps=steps, batch_size=128, lr=2e-3, seed=seed)
     with torch.no_grad():
         acc = float((clf(xt).argmax(1) == yt).float().mean())
     return clf, acc

@@ -72,6 +72,7 @@ class GANTraining(GANRecipe):
             with these learning rates (WGAN with clipping: 5e-5).
         aux_weight, info_weight: weights of the ACGAN and InfoGAN terms.
         ema_decay: EMA of G (None: sample with G itself).
+        bf16: forward passes under bf16 autocast (the fused ops keep fp32 math inside).
         generator: CPU torch.Generator of the latents, codes and penalty draws (default: seed 0).
     """
 
@@ -82,7 +83,7 @@ class GANTraining(GANRecipe):
                  penalty_interval: int = 1, d_steps: int = 1, g_lr: float = 2e-4, d_lr: float = 2e-4,
                  betas: Sequence[float] = (0.5, 0.999), eps: float = 1e-8, optimizer: str = "adam",
                  weight_clip: Optional[float] = None, aux_weight: float = 1.0, info_weight: float = 1.0,
-                 ema_decay: Optional[float] = None, generator: Optional[torch.Generator] = None):
+                 ema_decay: Optional[float] = None, bf16: bool = False, generator: Optional[torch.Generator] = None):
         if not hasattr(G, "z_dim") or not isinstance(G, nn.Module):
             raise TypeError(f"GANTraining: G must be a generator module with a z_dim attribute, got {type(G).__name__}")
         if not isinstance(D, nn.Module):
@@ -107,6 +108,7 @@ class GANTraining(GANRecipe):
         if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
             raise ValueError("GANTraining: generator must be a CPU torch.Generator")
         self.G, self.D = G, D
+        self.bf16 = bool(bf16)
         self.loss, self.penalty = loss, penalty
         self.penalty_weight, self.penalty_center, self.penalty_interval = (float(penalty_weight),
                                                                            float(penalty_center), penalty_interval)
@@ -116,7 +118,7 @@ class GANTraining(GANRecipe):
                             penalty_center=penalty_center, penalty_interval=penalty_interval, d_steps=d_steps,
                             g_lr=g_lr, d_lr=d_lr, betas=list(betas), eps=eps, optimizer=optimizer,
                             weight_clip=weight_clip, aux_weight=aux_weight, info_weight=info_weight,
-                            ema_decay=ema_decay)
+                            ema_decay=ema_decay, bf16=bool(bf16))
         if optimizer == "adam":
             self.opt_G = torch.optim.Adam(G.parameters(), lr=g_lr, betas=tuple(betas), eps=eps)
             self.opt_D = torch.optim.Adam(D.parameters(), lr=d_lr, betas=tuple(betas), eps=eps)
@@ -183,6 +185,10 @@ class GANTraining(GANRecipe):
 
     # ------------------------------------------------------------------ one step
     def step(self, real: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        with self.autocast():
+            return self._step(real, labels)
+
+    def _step(self, real: torch.Tensor, labels: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
         if not isinstance(real, torch.Tensor) or real.dim() != 4:
             raise ValueError("GANTraining.step: real must be an (N, C, H, W) tensor")
         conditional = bool(getattr(self.G, "c_dim", 0))

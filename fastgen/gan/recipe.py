@@ -35,6 +35,7 @@ class GANRecipe:
     num_steps: int = 0
     rank: int = 0
     world_size: int = 1
+    bf16: bool = False  # run the step's forward passes under bf16 autocast (weights and optimizers stay fp32)
 
     # ------------------------------------------------------------------ what a checkpoint holds
     def models(self) -> Dict[str, nn.Module]:
@@ -95,6 +96,10 @@ class GANRecipe:
             return G(z, None if labels is None else labels.to(self.device))
         finally:
             G.train(was)
+
+    def autocast(self):
+        """``torch.autocast`` to bfloat16 when the recipe was built with ``bf16=True`` (else a no-op)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # ------------------------------------------------------------------ data parallelism
     def set_distributed(self, rank: int, world_size: int) -> None:

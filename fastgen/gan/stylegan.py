@@ -63,6 +63,7 @@ class StyleGANTraining(GANRecipe):
         style_mixing_prob: probability of mixing two latents' ws.
         ema_kimg: half-life of the generator EMA in thousands of images (None: no EMA; G_ema is G).
         ema_rampup: cap the half-life at ``ema_rampup * images seen`` early in training (None: off).
+        bf16: forward passes under bf16 autocast (weights, optimizers and the fused ops' math stay fp32).
         generator: a CPU torch.Generator for the latents and penalty noise (default: seeded with 0).
     """
 
@@ -73,7 +74,7 @@ class StyleGANTraining(GANRecipe):
                  d_lr: Optional[float] = None, r1_gamma: float = 10.0, r1_interval: int = 16, pl_weight: float = 2.0,
                  pl_interval: int = 4, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
                  style_mixing_prob: float = 0.9, ema_kimg: Optional[float] = 10.0, ema_rampup: Optional[float] = 0.05,
-                 generator: Optional[torch.Generator] = None):
+                 bf16: bool = False, generator: Optional[torch.Generator] = None):
         for name in ("z_dim", "c_dim", "num_ws", "mapping", "synthesis"):
             if not hasattr(G, name):
                 raise TypeError(f"StyleGANTraining: G must be a fastgen.models.Generator (missing {name!r})")
@@ -94,11 +95,12 @@ class StyleGANTraining(GANRecipe):
         _num("ema_kimg", ema_kimg, 0, allow_none=True)
         _num("ema_rampup", ema_rampup, 0, allow_none=True)
         self.G, self.D = G, D
+        self.bf16 = bool(bf16)
         self.batch_size = batch_size
         self._config = dict(batch_size=batch_size, lr=lr, betas=list(betas), eps=eps, g_lr=g_lr, d_lr=d_lr,
                             r1_gamma=r1_gamma, r1_interval=r1_interval, pl_weight=pl_weight, pl_interval=pl_interval,
                             pl_batch_shrink=pl_batch_shrink, pl_decay=pl_decay, style_mixing_prob=style_mixing_prob,
-                            ema_kimg=ema_kimg, ema_rampup=ema_rampup)
+                            ema_kimg=ema_kimg, ema_rampup=ema_rampup, bf16=self.bf16)
         self.r1_gamma, self.r1_interval = float(r1_gamma), r1_interval
         self.pl_weight, self.pl_interval, self.pl_batch_shrink = float(pl_weight), pl_interval, pl_batch_shrink
         self.style_mixing_prob, self.ema_kimg, self.ema_rampup = float(style_mixing_prob), ema_kimg, ema_rampup
@@ -163,6 +165,10 @@ class StyleGANTraining(GANRecipe):
     def step(self, real: torch.Tensor, c: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """One training step on a batch of real images (in [-1, 1]) and their labels; returns the
         detached losses of the phases that ran (``g``, ``pl``, ``d``, ``d_real``, ``d_fake``, ``r1``)."""
+        with self.autocast():
+            return self._step(real, c)
+
+    def _step(self, real: torch.Tensor, c: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
         real, c = self._check_batch(real, c)
         n, out = real.shape[0], {}
         self.G.train()

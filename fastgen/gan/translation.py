@@ -112,12 +112,13 @@ class Pix2PixTraining(_Translation):
 
     def __init__(self, G: nn.Module, D: nn.Module, *, batch_size: int, channels_a: Optional[int] = None,
                  l1_weight: float = 100.0, loss: str = "nonsaturating", lr: float = 2e-4,
-                 betas: Sequence[float] = (0.5, 0.999), ema_decay: Optional[float] = None,
+                 betas: Sequence[float] = (0.5, 0.999), ema_decay: Optional[float] = None, bf16: bool = False,
                  generator: Optional[torch.Generator] = None):
         o = "Pix2PixTraining"
         if loss not in LOSSES:
             raise ValueError(f"{o}: loss must be one of {', '.join(LOSSES)}; got {loss!r}")
         self.G, self.D = G, D
+        self.bf16 = bool(bf16)
         self.channels_a = int(channels_a if channels_a is not None else getattr(G, "in_channels"))
         self.l1_weight, self.loss = _check(o, "l1_weight", l1_weight), loss
         betas = _betas(o, betas)
@@ -127,7 +128,7 @@ class Pix2PixTraining(_Translation):
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.num_steps, self._sample_inputs = 0, None
         self._config = dict(batch_size=batch_size, channels_a=self.channels_a, l1_weight=l1_weight, loss=loss, lr=lr,
-                            betas=list(betas), ema_decay=ema_decay)
+                            betas=list(betas), ema_decay=ema_decay, bf16=self.bf16)
 
     @property
     def config(self) -> dict:
@@ -140,10 +141,14 @@ class Pix2PixTraining(_Translation):
         return self.G_ema(a)
 
     def step(self, batch: torch.Tensor, labels=None) -> Dict[str, torch.Tensor]:
+        with self.autocast():
+            return self._step(batch)
+
+    def _step(self, batch: torch.Tensor) -> Dict[str, torch.Tensor]:
         a, b = self._split(batch)
         self.G.train()
         self.D.train()
-        fake = self.G(a)
+        fake = self.G(a).to(b.dtype)  # (bf16 under autocast; D concatenates it with the fp32 condition)
         # D: real pairs vs generated pairs, halved (pix2pix slows D down relative to G)
         self.D.requires_grad_(True)
         loss_d = 0.5 * d_loss(self.loss, self.D(b, a), self.D(fake.detach(), a)).mean()
@@ -186,7 +191,7 @@ class CycleGANTraining(_Translation):
     def __init__(self, G_AB: nn.Module, G_BA: nn.Module, D_A: nn.Module, D_B: nn.Module, *, batch_size: int,
                  channels_a: Optional[int] = None, lambda_cycle: float = 10.0, lambda_identity: float = 0.5,
                  loss: str = "lsgan", lr: float = 2e-4, betas: Sequence[float] = (0.5, 0.999), pool_size: int = 50,
-                 generator: Optional[torch.Generator] = None):
+                 bf16: bool = False, generator: Optional[torch.Generator] = None):
         from ..models.cyclegan import ImagePool
 
         o = "CycleGANTraining"
@@ -194,6 +199,7 @@ class CycleGANTraining(_Translation):
             raise ValueError(f"{o}: loss must be one of {', '.join(LOSSES)}; got {loss!r}")
         self.G_AB, self.G_BA, self.D_A, self.D_B = G_AB, G_BA, D_A, D_B
         self.G, self.D = G_AB, D_B
+        self.bf16 = bool(bf16)
         self.channels_a = int(channels_a if channels_a is not None else getattr(G_AB, "in_channels"))
         self.lambda_cycle = _check(o, "lambda_cycle", lambda_cycle)
         self.lambda_identity = _check(o, "lambda_identity", lambda_identity)
@@ -207,7 +213,8 @@ class CycleGANTraining(_Translation):
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.num_steps, self._sample_inputs = 0, None
         self._config = dict(batch_size=batch_size, channels_a=self.channels_a, lambda_cycle=lambda_cycle,
-                            lambda_identity=lambda_identity, loss=loss, lr=lr, betas=list(betas), pool_size=pool_size)
+                            lambda_identity=lambda_identity, loss=loss, lr=lr, betas=list(betas), pool_size=pool_size,
+                            bf16=self.bf16)
 
     @property
     def config(self) -> dict:
@@ -239,6 +246,10 @@ class CycleGANTraining(_Translation):
             self.G_AB.train(was)
 
     def step(self, batch: torch.Tensor, labels=None) -> Dict[str, torch.Tensor]:
+        with self.autocast():
+            return self._step(batch)
+
+    def _step(self, batch: torch.Tensor) -> Dict[str, torch.Tensor]:
         a, b = self._split(batch)
         for m in self.models().values():
             m.train()

@@ -200,7 +200,7 @@ def gradient_penalty(critic: Callable[..., torch.Tensor], real: torch.Tensor, fa
     bshape = (n,) + (1,) * (real.dim() - 1)
     if kind == "wgan-gp":
         eps = torch.rand(bshape, generator=generator).to(real.device, real.dtype)  # fp32 draws for every dtype
-        x = torch.lerp(fake.detach(), real, eps)
+        x = torch.lerp(fake.detach().to(real.dtype), real, eps)
     elif kind == "dragan":
         u = torch.rand(real.shape, generator=generator).to(real.device, real.dtype)
         x = real + 0.5 * real.std() * u
@@ -224,7 +224,7 @@ def gradient_penalty_reference(critic, real, fake=None, *, kind="wgan-gp", weigh
     bshape = (n,) + (1,) * (real.dim() - 1)
     if kind == "wgan-gp":
         eps = torch.rand(bshape, generator=generator).to(real.device, real.dtype)  # fp32 draws for every dtype
-        x = eps * real + (1 - eps) * fake.detach()
+        x = eps * real + (1 - eps) * fake.detach().to(real.dtype)
     elif kind == "dragan":
         u = torch.rand(real.shape, generator=generator).to(real.device, real.dtype)
         x = real + 0.5 * real.std() * u
