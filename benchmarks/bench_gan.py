@@ -111,8 +111,8 @@ def test_pix2pix_step(benchmark):
     data = shapes_edges_dataset(64, 8)
 
     def make():
-        G = UNetGenerator(in_channels=1, out_channels=3, img_resolution=64, base_channels=64, dropout=0.0)
-        D = PatchGANDiscriminator(in_channels=4, base_channels=64, n_layers=3)
+        G = UNetGenerator(in_channels=1, out_channels=1, img_resolution=64, base_channels=64, dropout=0.0)
+        D = PatchGANDiscriminator(in_channels=2, base_channels=64, n_layers=3)
         return Pix2PixTraining(G, D, batch_size=8)
 
     run, ref = _recipe_steps(make, data, 8)

@@ -22,8 +22,7 @@ Image-to-image translation (pix2pix, CycleGAN) uses two domains A and B. :class:
 (aligned pairs) and :class:`UnpairedDataset` (two unaligned sets) return ``(cat([a, b]), -1)`` —
 the A and B images stacked along channels, so batches flow through the trainers' ordinary
 ``(image, label)`` path; the recipes split them (``channels_a`` channels first). Built in:
-:func:`shapes_edges_dataset` (paired: the shapes' edge maps -> the shapes, like pix2pix's
-edges2shoes) and :func:`shapes_inverted_dataset` (unpaired: shapes <-> colour-inverted shapes from
+:func:`shapes_edges_dataset` (paired: the shapes' edge maps -> their filled silhouettes) and :func:`shapes_inverted_dataset` (unpaired: shapes <-> colour-inverted shapes from
 another draw); :func:`load_translation_dataset` also reads folders.
 """
 from __future__ import annotations
@@ -93,7 +92,7 @@ def _signed_distance(kind: str, p: torch.Tensor, xx: torch.Tensor, yy: torch.Ten
     return ((s - torch.floor(s) - 0.5).abs() - 0.25) * period
 
 
-def make_shapes(size: int = 32, count: int = 64, seed: int = DATASET_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+def make_shapes(size: int = 32, count: int = 64, seed: int = DATASET_SEED, return_masks: bool = False):
     """``count`` procedural RGB images, float32 ``[count, 3, size, size]`` in [-1, 1], and int64 classes ``[count]``.
 
     Image ``i`` is shape ``SHAPE_CLASSES[i % 4]`` (disc, square, ring or diagonal stripes; that is
@@ -103,6 +102,8 @@ def make_shapes(size: int = 32, count: int = 64, seed: int = DATASET_SEED) -> tu
     same pictures at every ``size``; image ``i`` does not depend on ``count``.
 
     This is the embedded dataset of ``python -m fastgen demo`` (``fastgen.demo.make_dataset``).
+    With ``return_masks`` also the shapes' coverage masks ``[count, 1, size, size]`` in [-1, 1]
+    (the images are the same either way).
 
     Raises:
         ValueError: ``size`` < 4, ``count`` < 1 or ``seed`` < 0 (or not ints); the message names it.
@@ -127,12 +128,15 @@ def make_shapes(size: int = 32, count: int = 64, seed: int = DATASET_SEED) -> tu
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     pixel = 2.0 / size
     images = torch.empty(count, 3, size, size)
+    masks = torch.empty(count, 1, size, size) if return_masks else None
     for block in torch.arange(count).split(max(1, _BLOCK // (size * size))):  # bounded temporaries
         for k, kind in enumerate(SHAPE_CLASSES):
             idx = block[labels[block] == k]
             mask = (0.5 - _signed_distance(kind, params[:, idx], xx, yy) / pixel).clamp(0.0, 1.0).unsqueeze(1)
             images[idx] = bg[idx] * (1 - mask) + fg[idx] * mask
-    return images, labels
+            if masks is not None:
+                masks[idx] = mask * 2 - 1
+    return (images, labels, masks) if return_masks else (images, labels)
 
 
 # ----------------------------------------------------------------------------- in-memory tensors
@@ -420,9 +424,11 @@ def edge_map(images: torch.Tensor) -> torch.Tensor:
 
 
 def shapes_edges_dataset(size: int = 32, count: int = 4096, seed: int = DATASET_SEED) -> PairedDataset:
-    """Paired: A = the edge map (1 channel) of a shapes image, B = the image (3 channels)."""
-    images, _ = make_shapes(size, count, seed)
-    return PairedDataset(edge_map(images), images)
+    """Paired: A = the edge map of a shapes image (1 channel), B = its filled silhouette (1 channel,
+    the shape's coverage in [-1, 1]): "fill the outline", a deterministic mapping (the colours are
+    not in the edges, so an edges -> colour-image task would have no single answer)."""
+    images, _, masks = make_shapes(size, count, seed, return_masks=True)
+    return PairedDataset(edge_map(images), masks)
 
 
 def shapes_inverted_dataset(size: int = 32, count: int = 4096, seed: int = DATASET_SEED) -> UnpairedDataset:

@@ -160,8 +160,8 @@ def test_stylegan_and_translation_bf16_steps():
                           batch_size=4, r1_interval=1, pl_interval=1, bf16=True)
     out = sg.step(torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 3]))
     assert {"g", "pl", "d", "r1"} <= out.keys() and all(torch.isfinite(v) for v in out.values())
-    p2p = Pix2PixTraining(UNetGenerator(in_channels=1, img_resolution=16, base_channels=4),
-                          PatchGANDiscriminator(in_channels=4, base_channels=4, n_layers=1), batch_size=2, bf16=True)
+    p2p = Pix2PixTraining(UNetGenerator(in_channels=1, out_channels=1, img_resolution=16, base_channels=4),
+                          PatchGANDiscriminator(in_channels=2, base_channels=4, n_layers=1), batch_size=2, bf16=True)
     data = shapes_edges_dataset(16, 2)
     out = p2p.step(torch.stack([data[0][0], data[1][0]]))
     assert all(torch.isfinite(v) for v in out.values())

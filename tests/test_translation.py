@@ -27,7 +27,7 @@ def test_paired_and_unpaired_datasets(tmp_path):
     e = edge_map(torch.rand(2, 3, 8, 8) * 2 - 1)
     assert e.shape == (2, 1, 8, 8) and float(e.min()) >= -1 and float(e.max()) <= 1
     d = shapes_edges_dataset(16, 8)
-    assert d[0][0].shape == (4, 16, 16) and d.channels_a == 1
+    assert d[0][0].shape == (2, 16, 16) and d.channels_a == 1 and d.channels_b == 1
     assert shapes_inverted_dataset(16, 8)[0][0].shape == (6, 16, 16)
     # folders: A/ and B/ of PNGs
     from PIL import Image
@@ -45,8 +45,8 @@ def test_paired_and_unpaired_datasets(tmp_path):
 
 def _pix2pix(seed=0):
     torch.manual_seed(seed)
-    G = UNetGenerator(in_channels=1, out_channels=3, img_resolution=16, base_channels=8)
-    D = PatchGANDiscriminator(in_channels=4, base_channels=8, n_layers=2)
+    G = UNetGenerator(in_channels=1, out_channels=1, img_resolution=16, base_channels=8)
+    D = PatchGANDiscriminator(in_channels=2, base_channels=8, n_layers=2)
     return Pix2PixTraining(G, D, batch_size=8, lr=1e-3)
 
 
@@ -63,10 +63,9 @@ def test_pix2pix_learns_the_mapping():
     r = _pix2pix()
     hist = [r.step(batch) for _ in range(15)]
     assert all(torch.isfinite(v).all() for h in hist for v in h.values())
-    # measured: 0.792 -> 0.701 in 15 steps with this tiny U-Net (falling steadily; 0.60 after 30)
-    assert float(hist[-1]["l1"]) < 0.92 * float(hist[0]["l1"]), [float(h["l1"]) for h in hist]
+    assert float(hist[-1]["l1"]) < 0.9 * float(hist[0]["l1"]), [float(h["l1"]) for h in hist]
     grid = r.sample(6)
-    assert grid.shape == (6, 3, 16, 16)  # rows of (edges, output, target)
+    assert grid.shape == (6, 3, 16, 16)  # rows of (edges, output, target), grey as RGB
     with pytest.raises(ValueError, match="C_a \\+ C_b"):
         r.step(torch.zeros(2, 1, 16, 16))
 

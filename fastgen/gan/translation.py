@@ -47,6 +47,7 @@ class _Translation(GANRecipe):
     """What the two translation recipes share: splitting batches, the sample grid, the generator."""
 
     channels_a: int
+    grid_columns = 3  # sample grids: one (A, G(A), B) triple per row
 
     def _split(self, batch: torch.Tensor):
         if not isinstance(batch, torch.Tensor) or batch.dim() != 4 or batch.shape[1] <= self.channels_a:

@@ -272,8 +272,12 @@ class Trainer:
             path = self.out_dir / "samples" / f"step_{self.step_count:08d}.png"
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             images = self.sample()  # sampling must not move the training RNG streams
-        save_image_grid(images, path, upscale=max(1, 64 // self.image_shape[-1]))
+        save_image_grid(images, path, upscale=max(1, 64 // self.image_shape[-1]), ncols=self._grid_columns())
         return Path(path)
+
+    def _grid_columns(self) -> Optional[int]:
+        """Columns of the sample grid (None: about square)."""
+        return None
 
     # ------------------------------------------------------------------ checkpoints
     def _rng_all_ranks(self) -> Dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
     fastgen train ddpm --data shapes --size 16 --steps 2000 --out runs/ddpm
     fastgen train stylegan --data shapes --size 32 --steps 5000 --out runs/stylegan
+    fastgen train dcgan|wgan-gp|pix2pix|cyclegan --size 32 --steps 2000               # the GAN zoo
     torchrun --nproc_per_node=2 -m fastgen train ddpm --data shapes --out runs/ddpm   # data parallel
     fastgen train ddpm --out runs/ddpm --resume --steps 1000                           # 1000 more steps
     fastgen sample --checkpoint runs/ddpm --sampler ddim --steps 50 --guidance 3 --out grid.png
@@ -36,7 +37,84 @@ def _fail(command: str, exc: BaseException) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    return cmd_train_stylegan(args) if args.model == "stylegan" else cmd_train_ddpm(args)
+    if args.model == "stylegan":
+        return cmd_train_stylegan(args)
+    if args.model in ZOO:
+        return cmd_train_zoo(args)
+    return cmd_train_ddpm(args)
+
+
+ZOO = ("dcgan", "wgan-gp", "pix2pix", "cyclegan")
+
+
+def _zoo_recipe(args, data, device):
+    """The recipe of a GAN-zoo model for ``fastgen train MODEL`` (see the parser's help)."""
+    from ..gan import CycleGANTraining, GANTraining, Pix2PixTraining
+    from ..models import DCGANDiscriminator, DCGANGenerator, PatchGANDiscriminator, ResnetGenerator, UNetGenerator
+
+    size, w = args.size, args.base_channels
+    ema = args.ema_decay if args.ema_decay > 0 else None
+    if args.model in ("dcgan", "wgan-gp"):
+        c_dim = 0 if args.unconditional else (getattr(data, "num_classes", None) or 0)
+        ch = data[0][0].shape[0]
+        G = DCGANGenerator(z_dim=args.z_dim, img_resolution=size, img_channels=ch, base_channels=w, c_dim=c_dim)
+        if args.model == "dcgan":
+            D = DCGANDiscriminator(img_resolution=size, img_channels=ch, base_channels=w, c_dim=c_dim,
+                                   cond="projection" if c_dim else "none")
+            kw = dict(loss="nonsaturating", g_lr=args.lr, d_lr=args.lr, betas=(0.5, 0.999))
+        else:
+            D = DCGANDiscriminator(img_resolution=size, img_channels=ch, base_channels=w, c_dim=c_dim,
+                                   cond="projection" if c_dim else "none", norm="layer")
+            kw = dict(loss="wasserstein", penalty="wgan-gp", penalty_weight=10.0, d_steps=args.d_steps,
+                      g_lr=args.lr, d_lr=args.lr, betas=(0.0, 0.9))
+        return GANTraining(G.to(device), D.to(device), batch_size=args.batch_size, ema_decay=ema, bf16=args.bf16,
+                           generator=torch.Generator().manual_seed(args.seed), **kw)
+    ca, cb = data.channels_a, data.channels_b
+    n_layers = 3 if size >= 64 else (2 if size >= 32 else 1)  # the 70x70 PatchGAN from 64 px up
+    if args.model == "pix2pix":
+        G = UNetGenerator(in_channels=ca, out_channels=cb, img_resolution=size, base_channels=w)
+        D = PatchGANDiscriminator(in_channels=ca + cb, base_channels=w, n_layers=n_layers)
+        return Pix2PixTraining(G.to(device), D.to(device), batch_size=args.batch_size, lr=args.lr, ema_decay=ema,
+                               bf16=args.bf16, generator=torch.Generator().manual_seed(args.seed))
+    mk = lambda i, o: ResnetGenerator(in_channels=i, out_channels=o, base_channels=w, n_blocks=args.n_blocks)  # noqa: E731
+    md = lambda c: PatchGANDiscriminator(in_channels=c, base_channels=w, norm="instance", n_layers=n_layers)  # noqa: E731
+    return CycleGANTraining(mk(ca, cb).to(device), mk(cb, ca).to(device), md(ca).to(device), md(cb).to(device),
+                            batch_size=args.batch_size, lr=args.lr, lambda_identity=0.5 if ca == cb else 0.0,
+                            bf16=args.bf16, generator=torch.Generator().manual_seed(args.seed))
+
+
+def cmd_train_zoo(args: argparse.Namespace) -> int:
+    from ..data import load_dataset, load_translation_dataset
+    from . import GANTrainer, init_distributed
+    from .distributed import shutdown
+
+    try:
+        device = _device(args.device)
+        info = init_distributed(device=device)
+        if device.type == "cuda" and info.enabled:
+            device = torch.device("cuda", info.local_rank)
+        translation = args.model in ("pix2pix", "cyclegan")
+        data_name = args.data or ("shapes-edges" if args.model == "pix2pix" else
+                                  "shapes-inverted" if args.model == "cyclegan" else "shapes")
+        data = (load_translation_dataset(data_name, args.size, paired=args.model == "pix2pix") if translation
+                else load_dataset(data_name, args.size))
+        torch.manual_seed(args.seed)
+        recipe = _zoo_recipe(args, data, device)
+        trainer = GANTrainer(recipe, data, batch_size=args.batch_size, seed=args.seed, out_dir=args.out,
+                             log_every=args.log_every, sample_every=args.sample_every,
+                             checkpoint_every=args.checkpoint_every, num_workers=args.num_workers,
+                             progress=not args.no_progress)
+        _resume(trainer, args, info)
+        summary = trainer.train(args.steps)
+        if info.is_main:
+            grid = trainer.save_samples(Path(args.out) / "samples" / "final.png")
+            losses = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k not in ("steps", "seconds", "it_per_s"))
+            print(f"trained {summary['steps']} steps ({summary['it_per_s']:.2f} it/s on {info.world_size} "
+                  f"process(es)), {losses}; checkpoints in {Path(args.out) / 'checkpoints'}, samples in {grid}")
+        shutdown()
+    except USER_ERRORS as exc:
+        return _fail("train", exc)
+    return 0
 
 
 def _resume(trainer, args, info) -> None:
@@ -135,6 +213,9 @@ def _sample_gan(args, path: Path, device) -> int:
     from . import load_generator
 
     G = load_generator(path, ema=not args.no_ema, device=device)
+    if not hasattr(G, "z_dim"):
+        raise ValueError(f"--checkpoint {args.checkpoint}: {type(G).__name__} translates images (pix2pix / CycleGAN); "
+                         "its sample grids are written during training (samples/), or call load_generator in Python")
     labels = None
     if G.c_dim:
         if args.class_label is not None and not 0 <= args.class_label < G.c_dim:
@@ -144,8 +225,11 @@ def _sample_gan(args, path: Path, device) -> int:
     elif args.class_label is not None:
         raise ValueError("--class-label: this model is unconditional")
     z = torch.randn(args.num_images, G.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    kw = {"truncation_psi": args.truncation} if hasattr(G, "mapping") else {}
+    if args.truncation != 1.0 and not kw:
+        raise ValueError(f"--truncation: {type(G).__name__} has no mapping network (StyleGAN generators only)")
     with torch.no_grad():
-        images = G(z, labels, truncation_psi=args.truncation)
+        images = G(z, labels, **kw)
     w, h = save_image_grid(images, args.out, upscale=max(1, 64 // G.img_resolution))
     print(f"wrote {args.out} ({w}x{h}, {args.num_images} samples, truncation psi {args.truncation})")
     return 0
@@ -272,6 +356,32 @@ def add_parsers(sub) -> None:
                    help="generator EMA half-life in thousands of images (default 1; 0: no EMA)")
     _run_args(g, "runs/stylegan")
     g.set_defaults(func=cmd_train, subparser=g)
+
+    zoo_help = {"dcgan": "DCGAN (non-saturating loss; class-conditional projection D on labelled data)",
+                "wgan-gp": "WGAN-GP (layer-norm critic, gradient penalty, --d-steps critic steps per G step)",
+                "pix2pix": "pix2pix (U-Net G, 70x70 PatchGAN, L1; paired data: shapes-edges or a folder A/ B/)",
+                "cyclegan": "CycleGAN (ResNet Gs, PatchGANs, cycle + identity; unpaired: shapes-inverted or A/ B/)"}
+    for name in ZOO:
+        z = models.add_parser(name, help=zoo_help[name])
+        z.add_argument("--data", default=None,
+                       help="'shapes' / 'digits' / a folder (dcgan, wgan-gp; default shapes), 'shapes-edges' (pix2pix "
+                            "default), 'shapes-inverted' (cyclegan default) or a folder with A/ and B/")
+        z.add_argument("--size", type=_positive(int), default=32, help="image size, a power of two (default 32)")
+        z.add_argument("--base-channels", type=_positive(int), default=32, help="network width (default 32)")
+        z.add_argument("--steps", type=_non_negative(int), default=2000, help="training steps to run (default 2000)")
+        z.add_argument("--batch-size", type=_positive(int), default=32, help="global batch (default 32)")
+        z.add_argument("--lr", type=_positive(float), default=2e-4, help="Adam learning rate (default 2e-4)")
+        z.add_argument("--ema-decay", type=_non_negative(float), default=0.0, help="EMA of G (default 0: none)")
+        z.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward passes")
+        if name in ("dcgan", "wgan-gp"):
+            z.add_argument("--z-dim", type=_positive(int), default=100)
+            z.add_argument("--unconditional", action="store_true", help="ignore the dataset's labels")
+        if name == "wgan-gp":
+            z.add_argument("--d-steps", type=_positive(int), default=5, help="critic steps per G step (default 5)")
+        if name == "cyclegan":
+            z.add_argument("--n-blocks", type=_positive(int), default=6, help="ResNet blocks (default 6)")
+        _run_args(z, f"runs/{name}")
+        z.set_defaults(func=cmd_train, subparser=z)
 
     s = sub.add_parser("sample", help="sample a PNG grid from a training checkpoint",
                        description="Sample from a 'fastgen train ddpm' checkpoint (file or run folder).")

@@ -88,6 +88,9 @@ class GANTrainer(Trainer):
             labels = torch.arange(n) % self.recipe.num_classes
         return self.recipe.sample(n, labels, generator=torch.Generator().manual_seed(seed))
 
+    def _grid_columns(self) -> Optional[int]:
+        return getattr(self.recipe, "grid_columns", None)
+
     # ------------------------------------------------------------------ diagnostics
     @torch.no_grad()
     def diagnostics(self, n: int = 64) -> Dict[str, Any]:
