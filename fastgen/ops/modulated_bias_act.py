@@ -18,26 +18,31 @@ differentiates the generator twice).
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Optional
 
 import torch
 
-from .. import backend
+from .. import _extension, backend
 from . import _common as C
-from .bias_act import _params, bias_act_reference
+from .bias_act import _NAMES as _ACT_NAMES
+from .bias_act import _params, bias_act, bias_act_reference
 
 OP = "modulated_bias_act"
 
 backend.register_op(
     backend.OpSpec(
         name=OP,
-        impls=("torch",),
-        preference={"cpu": (), "cuda": ()},
+        impls=("torch", "cpp", "triton"),
+        preference={"cpu": ("cpp",), "cuda": ("triton",)},
+        impl_devices={"cpp": ("cpu",)},
         notes="StyleGAN synthesis epilogue: demodulation scale + noise injection + bias + activation + gain + clamp",
     )
 )
 
 
+# ----------------------------------------------------------------------------- reference
 def modulated_bias_act_reference(x: torch.Tensor, b: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None,
                                  noise: Optional[torch.Tensor] = None, noise_strength: Optional[torch.Tensor] = None,
                                  act: str = "linear", alpha: Optional[float] = None, gain: Optional[float] = None,
@@ -58,6 +63,202 @@ def modulated_bias_act_reference(x: torch.Tensor, b: Optional[torch.Tensor] = No
     return bias_act_reference(z, b, 1, act, alpha, gain, clamp).to(x.dtype)
 
 
+# ----------------------------------------------------------------------------- layouts and fakes
+def _cl_dense(t: torch.Tensor) -> bool:
+    """Channels innermost and dense: memory order (N, *spatial, C) (channels_last, channels_last_3d, ...)."""
+    return t.dim() >= 3 and t.permute(0, *range(2, t.dim()), 1).is_contiguous()
+
+
+def _processing_cl(x: torch.Tensor) -> bool:
+    """Whether the kernels run x as rows of C channels with channels-last outputs (mirror of
+    csrc/ops_modulated_bias_act.cpp: x with no spatial extent is rows of C too, but its outputs are
+    plain contiguous)."""
+    return math.prod(x.shape[2:]) != 1 and not x.is_contiguous() and _cl_dense(x)
+
+
+def _empty_layout(shape, cl: bool, dtype, device) -> torch.Tensor:
+    if cl:
+        n, c, *spatial = shape
+        return torch.empty((n, *spatial, c), dtype=dtype, device=device).movedim(-1, 1)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _fake(x, b, scale, noise, noise_strength, act, alpha, gain, clamp):
+    return _empty_layout(x.shape, _processing_cl(x), x.dtype, x.device)
+
+
+def _fake_backward(grad, x, b, scale, noise, noise_strength, act, alpha, gain, clamp, need_x, need_b, need_scale,
+                   need_noise, need_strength):
+    cl = _processing_cl(x)
+
+    def one(t, need, layout_cl=False):
+        if t is None or not need:
+            return x.new_empty((0,))
+        return _empty_layout(t.shape, layout_cl, t.dtype, t.device)
+
+    dx = _empty_layout(x.shape, cl, x.dtype, x.device) if need_x else x.new_empty((0,))
+    dn = one(noise, need_noise, cl and noise is not None and noise.shape[1] > 1)
+    return dx, one(b, need_b), one(scale, need_scale), dn, one(noise_strength, need_strength)
+
+
+# ----------------------------------------------------------------------------- autograd
+def _double_backward(saved, params, ups, need):
+    """Grads of <backward(g, x, b, scale, noise, strength), ups> w.r.t. (g, x, b, scale, noise,
+    strength): the VJP of the reference's first backward (as group_norm's double backward). torch.func
+    treats the inputs as independent (autograd.grad would also follow paths between them, e.g. a g
+    that depends on x through y, and count those twice) and composes with autograd, so third and
+    higher orders work too."""
+    act, alpha, gain, clamp = params
+    name = _ACT_NAMES[act]
+    clamp = None if clamp < 0 else clamp
+    present = [i for i, v in enumerate(saved) if v is not None]  # into (g, x, b, scale, noise, strength)
+    diff = [j for j, u in enumerate(ups) if u is not None and saved[j + 1] is not None]  # into (x, b, s, n, st)
+    if not diff:
+        return [None] * 6
+
+    def first(*values):
+        full = [None] * 6
+        for i, v in zip(present, values):
+            full[i] = v
+
+        def forward(*d):
+            args = list(full[1:])
+            for j, v in zip(diff, d):
+                args[j] = v
+            xx, bb, ss, nn, tt = args
+            return modulated_bias_act_reference(xx, bb, ss, nn, tt, name, alpha, gain, clamp)
+
+        y, vjp_y = torch.func.vjp(forward, *[full[j + 1] for j in diff])
+        return vjp_y(full[0].to(y.dtype))
+
+    firsts, vjp_first = torch.func.vjp(first, *[saved[i] for i in present])
+    grads = vjp_first(tuple(ups[j].to(f.dtype) for j, f in zip(diff, firsts)))
+    res = [None] * 6
+    for i, g in zip(present, grads):
+        if need[i]:
+            res[i] = g.to(saved[i].dtype)
+    return res
+
+
+def _register_autograd(fwd_name: str, bwd_name: str, ns: str = "fastgen") -> None:
+    """Autograd of a (forward, backward) op pair: the forward's backward is the fused backward op;
+    the backward op's own backward (double backward and up) differentiates the reference. (``ns``:
+    the tests register the same formula on a float64 reference op pair for gradgradcheck.)"""
+    bwd = getattr(getattr(torch.ops, ns), bwd_name).default
+
+    def setup_fwd(ctx, inputs, output):
+        x, b, scale, noise, strength, act, alpha, gain, clamp = inputs
+        ctx.save_for_backward(x, b, scale, noise, strength)
+        ctx.params = (act, alpha, gain, clamp)
+
+    def backward_fwd(ctx, gy):
+        saved = ctx.saved_tensors
+        need = tuple(bool(n) and t is not None for n, t in zip(ctx.needs_input_grad[:5], saved))
+        if gy is None or not any(need):
+            return (None,) * 9
+        outs = bwd(gy, *saved, *ctx.params, *need)
+        return tuple(o if nd else None for o, nd in zip(outs, need)) + (None,) * 4
+
+    def setup_bwd(ctx, inputs, output):
+        g, x, b, scale, noise, strength, act, alpha, gain, clamp, *needs = inputs
+        ctx.save_for_backward(g, x, b, scale, noise, strength)
+        ctx.params = (act, alpha, gain, clamp)
+        ctx.needs = tuple(needs)
+
+    def backward_bwd(ctx, *ups):
+        saved = ctx.saved_tensors
+        ups = [u if nd else None for u, nd in zip(ups, ctx.needs)]
+        need = tuple(ctx.needs_input_grad[:6])  # g, x, b, scale, noise, strength
+        res = [None] * 15
+        if all(u is None for u in ups) or not any(need):
+            return tuple(res)
+        res[:6] = _double_backward(saved, ctx.params, ups, need)
+        return tuple(res)
+
+    torch.library.register_autograd(f"{ns}::{fwd_name}", backward_fwd, setup_context=setup_fwd)
+    torch.library.register_autograd(f"{ns}::{bwd_name}", backward_bwd, setup_context=setup_bwd)
+
+
+def _register_cpp_ops() -> bool:
+    if _extension.load() is None or not hasattr(torch.ops.fastgen, OP):
+        return False
+    torch.library.register_fake(f"fastgen::{OP}")(_fake)
+    torch.library.register_fake(f"fastgen::{OP}_backward")(_fake_backward)
+    _register_autograd(OP, f"{OP}_backward")
+    return True
+
+
+_HAVE_CPP_OPS = _register_cpp_ops()
+
+
+# ----------------------------------------------------------------------------- triton ops
+def _fp32_params(x, b, scale, noise, noise_strength):
+    """The kernels' fp32 parameter vectors (filled when absent) and the noise as fp32 NCHW-contiguous."""
+    n, c = x.shape[:2]
+    f32 = dict(dtype=torch.float32, device=x.device)
+    s32 = scale.reshape(n, c).to(torch.float32).contiguous() if scale is not None else torch.ones((n, c), **f32)
+    b32 = b.to(torch.float32).contiguous() if b is not None else torch.zeros((c,), **f32)
+    st32 = (noise_strength.reshape(-1).to(torch.float32).expand(c).contiguous() if noise_strength is not None
+            else torch.ones((c,), **f32))
+    n32 = noise.to(torch.float32).contiguous() if noise is not None else None
+    return s32, b32, st32, n32
+
+
+def _processing_x(x):
+    cl = _processing_cl(x)
+    return (x if cl or x.is_contiguous() else x.contiguous()), cl
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_ops():
+    """Define the Triton custom ops on first use (needs triton and fastgen.kernels.modulated_bias_act)."""
+    K = C.triton_kernels(OP)
+    from torch.library import triton_op
+
+    @triton_op(f"fastgen::{OP}_triton", mutates_args=())
+    def mba_triton(x: torch.Tensor, b: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                   noise: Optional[torch.Tensor], noise_strength: Optional[torch.Tensor], act: int, alpha: float,
+                   gain: float, clamp: float) -> torch.Tensor:
+        xp, cl = _processing_x(x)
+        out = _empty_layout(x.shape, cl, x.dtype, x.device)
+        return K.forward(xp, *_fp32_params(x, b, scale, noise, noise_strength), cl, act, alpha, gain, clamp, out)
+
+    @triton_op(f"fastgen::{OP}_backward_triton", mutates_args=())
+    def mba_backward_triton(grad: torch.Tensor, x: torch.Tensor, b: Optional[torch.Tensor],
+                            scale: Optional[torch.Tensor], noise: Optional[torch.Tensor],
+                            noise_strength: Optional[torch.Tensor], act: int, alpha: float, gain: float, clamp: float,
+                            need_x: bool, need_b: bool, need_scale: bool, need_noise: bool,
+                            need_strength: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                          torch.Tensor]:
+        xp, cl = _processing_x(x)
+        gp = grad.contiguous(memory_format=torch.contiguous_format) if not cl else (
+            grad if _cl_dense(grad) else grad.movedim(1, -1).contiguous().movedim(-1, 1))
+        need_b, need_scale = need_b and b is not None, need_scale and scale is not None
+        need_noise, need_strength = need_noise and noise is not None, need_strength and noise_strength is not None
+        dx = _empty_layout(x.shape, cl, x.dtype, x.device) if need_x else None
+        s32, b32, st32, n32 = _fp32_params(x, b, scale, noise, noise_strength)
+        sums, dn = K.backward(gp, xp, s32, b32, st32, n32, cl, act, alpha, gain, clamp, dx, need_noise)
+        empty = x.new_empty((0,))
+        db = sums[0].sum(0).to(b.dtype) if need_b else empty
+        dscale = sums[1].to(scale.dtype).reshape(scale.shape).contiguous() if need_scale else x.new_empty((0,))
+        dst = x.new_empty((0,))
+        if need_strength:
+            t = sums[2].sum(0)
+            t = t.sum().reshape(1) if noise_strength.numel() == 1 else t
+            dst = t.to(noise_strength.dtype).reshape(noise_strength.shape).contiguous()
+        dnoise = x.new_empty((0,))
+        if need_noise:
+            dnoise = _empty_layout(noise.shape, cl and noise.shape[1] > 1, noise.dtype, noise.device)
+            dnoise.copy_(dn)
+        return (dx if dx is not None else x.new_empty((0,))), db, dscale, dnoise, dst
+
+    mba_triton.register_fake(_fake)
+    mba_backward_triton.register_fake(_fake_backward)
+    _register_autograd(f"{OP}_triton", f"{OP}_backward_triton")
+    return mba_triton
+
+
+# ----------------------------------------------------------------------------- public entry
 def _check(x, b, scale, noise, noise_strength):
     C.check_tensor(x, "x", OP)
     if x.dtype not in C.FLOAT_DTYPES + (torch.float64,):
@@ -113,6 +314,13 @@ def modulated_bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, *, sca
     noise_strength to any order.
     """
     _check(x, b, scale, noise, noise_strength)
-    _params(act, alpha, gain, clamp)
-    backend.resolve(OP, x.device, impl)
-    return modulated_bias_act_reference(x, b, scale, noise, noise_strength, act, alpha, gain, clamp)
+    code, alpha, gain, clamp = _params(act, alpha, gain, clamp)
+    name = backend.resolve(OP, x.device, impl)
+    if name == "torch" or x.dtype == torch.float64 or x.numel() == 0:
+        return modulated_bias_act_reference(x, b, scale, noise, noise_strength, act, alpha, gain,
+                                            None if clamp < 0 else clamp)
+    if scale is None and noise is None:  # plain bias_act: its kernels (fused 2nd order) do this
+        return bias_act(x, b, 1, act, alpha, gain, None if clamp < 0 else clamp, impl=name)
+    if name == "cpp":
+        return torch.ops.fastgen.modulated_bias_act(x, b, scale, noise, noise_strength, code, alpha, gain, clamp)
+    return _triton_ops()(x, b, scale, noise, noise_strength, code, alpha, gain, clamp)
