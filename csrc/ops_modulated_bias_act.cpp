@@ -22,11 +22,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <numeric>
 #include <optional>
 #include <vector>
 
 #include "cpu/modulated_bias_act.h"
-#include "cpu/stream.h"  // use_streaming_stores
 #include "ops_common.h"
 
 namespace fastgen {
@@ -58,13 +59,33 @@ at::Tensor empty_cl(at::IntArrayRef sizes, const at::TensorOptions& opt) {
 // `t` in memory order (N, spatial, C) (a copy unless it already is).
 at::Tensor to_cl(const at::Tensor& t) { return cl_dense(t) ? t : t.movedim(1, -1).contiguous().movedim(-1, 1); }
 
+// fp32 values of a parameter with n elements (a 1-element tensor is broadcast; absent: dflt):
+// the tensor's own data when it is fp32 and contiguous (no copy, no dispatcher call), else a
+// converted copy held in `store` / `keep`.
+const float* fp32_values(const OptTensor& t, int64_t n, float dflt, std::vector<float>& store, at::Tensor& keep) {
+  if (!t.has_value()) {
+    store.assign(static_cast<size_t>(n), dflt);
+    return store.data();
+  }
+  if (t->numel() == n && t->scalar_type() == at::kFloat && t->is_contiguous()) return t->const_data_ptr<float>();
+  keep = t->to(at::kFloat).contiguous();
+  if (keep.numel() == n) return keep.const_data_ptr<float>();
+  store.assign(static_cast<size_t>(n), keep.numel() > 0 ? keep.const_data_ptr<float>()[0] : dflt);
+  return store.data();
+}
+
 struct Setup {
   at::Tensor x;  // in the processing layout
   bool cl = false;
   int64_t N = 0, C = 0, P = 1;
   at::Tensor noise;  // fp32, processing layout, or undefined
   int64_t Nn = 1, Cn = 1;
-  at::Tensor scale, bias, strength;  // fp32 (N, C), (C), (C): filled when absent
+  // fp32 (N, C), (C), (C) (ones / zeros / ones when absent); see fp32_values
+  const float* scale = nullptr;
+  const float* bias = nullptr;
+  const float* strength = nullptr;
+  std::vector<float> store_s, store_b, store_t;
+  at::Tensor keep_s, keep_b, keep_t;
   DType dt = DType::Float32;
 };
 
@@ -89,23 +110,18 @@ Setup setup(const at::Tensor& x, const OptTensor& b, const OptTensor& scale, con
   s.C = x.size(1);
   s.P = 1;
   for (int64_t d = 2; d < x.dim(); ++d) s.P *= x.size(d);
-  const auto opt = x.options().dtype(at::kFloat);
   if (b.has_value()) {
     TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == s.C, MBA_NAME "b must have shape (C,) = (", s.C, ",), got ",
                       b->sizes());
-    s.bias = b->to(at::kFloat).contiguous();
-  } else {
-    s.bias = at::zeros({s.C}, opt);
   }
+  s.bias = fp32_values(b, s.C, 0.0f, s.store_b, s.keep_b);
   if (scale.has_value()) {
     // (N, C), or (N, C, 1, ...) with x's number of dims
     bool ok = (scale->dim() == 2 || scale->dim() == x.dim()) && scale->size(0) == s.N && scale->size(1) == s.C;
     for (int64_t d = 2; ok && d < scale->dim(); ++d) ok = scale->size(d) == 1;
     TORCH_CHECK_VALUE(ok, MBA_NAME "scale must have shape (N, C) = (", s.N, ", ", s.C, "), got ", scale->sizes());
-    s.scale = scale->reshape({s.N, s.C}).to(at::kFloat).contiguous();
-  } else {
-    s.scale = at::ones({s.N, s.C}, opt);
   }
+  s.scale = fp32_values(scale, s.N * s.C, 1.0f, s.store_s, s.keep_s);
   if (noise.has_value()) {
     bool ok = noise->dim() == x.dim() && (noise->size(0) == 1 || noise->size(0) == s.N) &&
               (noise->size(1) == 1 || noise->size(1) == s.C);
@@ -120,10 +136,8 @@ Setup setup(const at::Tensor& x, const OptTensor& b, const OptTensor& scale, con
     TORCH_CHECK_VALUE(strength->dim() <= 1 && (strength->numel() == 1 || strength->numel() == s.C),
                       MBA_NAME "noise_strength must be a scalar tensor or have shape (C,) = (", s.C, ",), got ",
                       strength->sizes());
-    s.strength = strength->reshape({-1}).to(at::kFloat).expand({s.C}).contiguous();
-  } else {
-    s.strength = at::ones({s.C}, opt);
   }
+  s.strength = fp32_values(strength, s.C, 1.0f, s.store_t, s.keep_t);
   // Layout: channels innermost when x has no spatial extent or is channels-last dense (and not
   // NCHW-contiguous), else NCHW-contiguous.
   if (s.P == 1) {
@@ -152,9 +166,9 @@ cpu::ModBiasActArgs kernel_args(const Setup& s, int64_t act, double alpha, doubl
   a.P = s.P;
   a.cl = s.cl;
   a.x = s.x.const_data_ptr();
-  a.scale = s.scale.const_data_ptr<float>();
-  a.bias = s.bias.const_data_ptr<float>();
-  a.strength = s.strength.const_data_ptr<float>();
+  a.scale = s.scale;
+  a.bias = s.bias;
+  a.strength = s.strength;
   if (s.noise.defined()) {
     a.noise = s.noise.const_data_ptr<float>();
     if (!s.cl) {  // (Nn, Cn, P)
@@ -187,6 +201,19 @@ cpu::ModBiasActArgs kernel_args(const Setup& s, int64_t act, double alpha, doubl
   return a;
 }
 
+// A contiguous tensor of `sizes` and dtype `dt` holding v (written directly for fp32 / fp64).
+at::Tensor from_doubles(const std::vector<double>& v, at::IntArrayRef sizes, at::ScalarType dt, const at::Tensor& like) {
+  if (dt == at::kDouble) {
+    at::Tensor r = at::empty(sizes, like.options().dtype(at::kDouble));
+    std::copy(v.begin(), v.end(), r.mutable_data_ptr<double>());
+    return r;
+  }
+  at::Tensor r = at::empty(sizes, like.options().dtype(at::kFloat));
+  float* o = r.mutable_data_ptr<float>();
+  for (size_t i = 0; i < v.size(); ++i) o[i] = static_cast<float>(v[i]);
+  return dt == at::kFloat ? r : r.to(dt);
+}
+
 int64_t num_tasks(const cpu::ModBiasActArgs& a) { return a.N * a.ncb * a.npk; }
 
 int64_t grain(const cpu::ModBiasActArgs& a) {
@@ -206,7 +233,6 @@ at::Tensor mba_cpu(const at::Tensor& x, const OptTensor& b, const OptTensor& sca
   at::Tensor y = empty_like_layout(s, x.sizes(), x.scalar_type());
   if (y.numel() == 0) return y;
   a.out = y.mutable_data_ptr();
-  a.stream = cpu::use_streaming_stores(2 * y.numel() * y.element_size());
   at::parallel_for(0, num_tasks(a), grain(a), [&](int64_t begin, int64_t end) { cpu::mba_forward(s.dt, a, begin, end); });
   return y;
 }
@@ -230,15 +256,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mba_backw
   a.g = g.const_data_ptr();
   at::Tensor dx = need_x ? empty_like_layout(s, x.sizes(), x.scalar_type()) : x.new_empty({0});
   if (need_x) a.out = dx.mutable_data_ptr();
-  a.stream = need_x && cpu::use_streaming_stores(3 * x.numel() * x.element_size());
-  const int64_t slots = s.N * a.npk * s.C;
-  const auto dopt = x.options().dtype(at::kDouble);
-  at::Tensor s_dz = need_b ? at::zeros({slots}, dopt) : at::Tensor();
-  at::Tensor s_dzx = need_scale ? at::zeros({slots}, dopt) : at::Tensor();
-  at::Tensor s_dzn = need_strength ? at::zeros({slots}, dopt) : at::Tensor();
-  a.s_dz = need_b ? s_dz.mutable_data_ptr<double>() : nullptr;
-  a.s_dzx = need_scale ? s_dzx.mutable_data_ptr<double>() : nullptr;
-  a.s_dzn = need_strength ? s_dzn.mutable_data_ptr<double>() : nullptr;
+  const size_t slots = static_cast<size_t>(s.N * a.npk * s.C);
+  std::vector<double> s_dz(need_b ? slots : 0), s_dzx(need_scale ? slots : 0), s_dzn(need_strength ? slots : 0);
+  a.s_dz = need_b ? s_dz.data() : nullptr;
+  a.s_dzx = need_scale ? s_dzx.data() : nullptr;
+  a.s_dzn = need_strength ? s_dzn.data() : nullptr;
 
   // grad_noise: fp32 in the processing layout, R task-owned replicas summed afterwards when R > 1.
   at::Tensor dn_f, dn_part;
@@ -275,46 +297,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mba_backw
                      [&](int64_t begin, int64_t end) { cpu::mba_sum_replicas(part, R, M, out, begin, end); });
   }
 
-  // Combine the per-task sums in a fixed order (fp64).
+  // Combine the per-task sums in a fixed order (fp64): over chunks for (N, C), then over n for (C).
   const int64_t N = s.N, C = s.C, npk = a.npk;
-  auto per_nc = [&](const at::Tensor& slots_t) {  // (N, C): sum over chunks
-    at::Tensor r = at::empty({N, C}, dopt);
-    const double* p = slots_t.const_data_ptr<double>();
-    double* o = r.mutable_data_ptr<double>();
+  auto per_nc = [&](const std::vector<double>& p) {
+    std::vector<double> r(static_cast<size_t>(N * C), 0.0);
     for (int64_t n = 0; n < N; ++n)
-      for (int64_t c = 0; c < C; ++c) {
-        double acc = 0.0;
-        for (int64_t k = 0; k < npk; ++k) acc += p[(n * npk + k) * C + c];
-        o[n * C + c] = acc;
-      }
+      for (int64_t k = 0; k < npk; ++k)
+        for (int64_t c = 0; c < C; ++c) r[n * C + c] += p[(n * npk + k) * C + c];
     return r;
   };
-  auto per_c = [&](const at::Tensor& slots_t) {  // (C): sum over n and chunks
-    at::Tensor nc = per_nc(slots_t);
-    at::Tensor r = at::empty({C}, dopt);
-    const double* p = nc.const_data_ptr<double>();
-    double* o = r.mutable_data_ptr<double>();
-    for (int64_t c = 0; c < C; ++c) {
-      double acc = 0.0;
-      for (int64_t n = 0; n < N; ++n) acc += p[n * C + c];
-      o[c] = acc;
-    }
+  auto per_c = [&](const std::vector<double>& p) {
+    const std::vector<double> nc = per_nc(p);
+    std::vector<double> r(static_cast<size_t>(C), 0.0);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) r[c] += nc[n * C + c];
     return r;
   };
-  at::Tensor db = need_b ? per_c(s_dz).to(b->scalar_type()) : x.new_empty({0});
-  at::Tensor dscale = need_scale ? per_nc(s_dzx).to(scale->scalar_type()).reshape(scale->sizes()).contiguous()
-                                 : x.new_empty({0});
+  at::Tensor db = need_b ? from_doubles(per_c(s_dz), b->sizes(), b->scalar_type(), x) : x.new_empty({0});
+  at::Tensor dscale =
+      need_scale ? from_doubles(per_nc(s_dzx), scale->sizes(), scale->scalar_type(), x) : x.new_empty({0});
   at::Tensor dnoise = need_noise ? dn_f.to(noise->scalar_type()) : x.new_empty({0});
   at::Tensor dstrength = x.new_empty({0});
   if (need_strength) {
-    at::Tensor d = per_c(s_dzn);
-    if (strength->numel() == 1) {  // one strength for every channel
-      double acc = 0.0;
-      const double* p = d.const_data_ptr<double>();
-      for (int64_t c = 0; c < C; ++c) acc += p[c];
-      d = at::full({1}, acc, dopt);
-    }
-    dstrength = d.to(strength->scalar_type()).reshape(strength->sizes()).contiguous();
+    std::vector<double> d = per_c(s_dzn);
+    if (strength->numel() == 1) d = {std::accumulate(d.begin(), d.end(), 0.0)};  // one strength for all channels
+    dstrength = from_doubles(d, strength->sizes(), strength->scalar_type(), x);
   }
   return {dx, db, dscale, dnoise, dstrength};
 }
