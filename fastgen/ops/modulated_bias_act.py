@@ -15,6 +15,13 @@ Eager PyTorch spends one pass per term (x * scale, noise * strength, the add, + 
 * gain, the clamp); this is one read of x (and noise) and one write of y. Gradients w.r.t. x, b,
 scale, noise and noise_strength; differentiable to any order (path-length regularisation
 differentiates the generator twice).
+
+Implementations (fastgen.backend): ``cpp`` (CPU: csrc/cpu/modulated_bias_act.cpp), ``triton`` (CUDA:
+fastgen/kernels/modulated_bias_act.py), ``torch`` (:func:`modulated_bias_act_reference`); float64
+and empty inputs run the reference, and calls with neither scale nor noise run ``bias_act``. The
+backward is one fused pass (dx and the reductions for b, scale, noise_strength and noise, only for
+the inputs that need grad, deterministic); the double backward differentiates the reference's first
+backward with ``torch.func.vjp``. NCHW-contiguous and channels-last inputs run in their memory order.
 """
 from __future__ import annotations
 
