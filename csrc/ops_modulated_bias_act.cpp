@@ -10,6 +10,12 @@
 //                               need_x, need_b, need_scale, need_noise, need_strength)
 //       -> (grad_x, grad_b, grad_scale, grad_noise, grad_strength), each in its input's shape and
 //          dtype; the ones not needed (or whose input is absent) are empty [0].
+//   modulated_bias_act_double_backward(grad, x, b?, scale?, noise?, noise_strength?, u_x?, u_b?, u_scale?,
+//                                      u_noise?, u_strength?, act, alpha, gain, clamp, need_grad, need_x,
+//                                      need_b, need_scale, need_noise, need_strength)
+//       -> (grad_grad, grad_x, grad_b, grad_scale, grad_noise, grad_strength): the gradients of
+//          <backward(grad, x, b, scale, noise, noise_strength), (u_x, u_b, u_scale, u_noise, u_strength)>
+//          (absent cotangents are zero), one fused pass (csrc/cpu/modulated_bias_act.h).
 //
 // x: (N, C, *spatial) fp32/fp16/bf16. Processed in its memory order when it is NCHW-contiguous or
 // channels-last dense (channels innermost, e.g. channels_last / channels_last_3d); x without spatial
@@ -237,25 +243,70 @@ at::Tensor mba_cpu(const at::Tensor& x, const OptTensor& b, const OptTensor& sca
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mba_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& x, const OptTensor& b, const OptTensor& scale, const OptTensor& noise,
-    const OptTensor& strength, int64_t act, double alpha, double gain, double clamp, bool need_x, bool need_b,
-    bool need_scale, bool need_noise, bool need_strength) {
-  const Setup s = setup(x, b, scale, noise, strength);
-  TORCH_CHECK_VALUE(grad.sizes() == x.sizes(), MBA_NAME "grad has shape ", grad.sizes(), " but x has shape ", x.sizes());
-  TORCH_CHECK_TYPE(grad.scalar_type() == x.scalar_type(), MBA_NAME "grad has dtype ", grad.scalar_type(),
+// An x-shaped tensor (grad, or the cotangent of grad_x) in x's processing layout and dtype.
+at::Tensor like_x(const at::Tensor& t, const Setup& s, const at::Tensor& x, const char* name) {
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), MBA_NAME, name, " has shape ", t.sizes(), " but x has shape ", x.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), MBA_NAME, name, " has dtype ", t.scalar_type(),
                    " but x has dtype ", x.scalar_type());
-  TORCH_CHECK_VALUE(grad.device() == x.device(), MBA_NAME "grad is on ", grad.device(), " but x is on ", x.device());
+  TORCH_CHECK_VALUE(t.device() == x.device(), MBA_NAME, name, " is on ", t.device(), " but x is on ", x.device());
+  return (s.cl && s.P > 1) ? to_cl(t) : t.contiguous();
+}
+
+struct Cotangents {  // the double backward's upstream gradients (of dx, db, dscale, dnoise, dstrength)
+  OptTensor ux, un;  // x-shaped / noise-shaped, any layout
+  const float* us = nullptr;
+  const float* ub = nullptr;
+  const float* ust = nullptr;
+  std::vector<float> store_s, store_b, store_t;
+  at::Tensor keep_s, keep_b, keep_t;
+};
+
+void check_cotangent(const OptTensor& u, const OptTensor& input, const char* name, const char* input_name) {
+  if (!u.has_value() || !input.has_value()) return;
+  TORCH_CHECK_VALUE(u->sizes() == input->sizes(), MBA_NAME, name, " has shape ", u->sizes(), " but ", input_name,
+                    " has shape ", input->sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(u->scalar_type()), MBA_NAME, name, " must be a floating-point tensor, got ",
+                   u->scalar_type());
+  TORCH_CHECK_VALUE(u->device() == input->device(), MBA_NAME, name, " is on ", u->device(), " but ", input_name,
+                    " is on ", input->device());
+}
+
+// The backward (order 1: (grad_x, grad_b, grad_scale, grad_noise, grad_strength)) and the double
+// backward (order 2: (grad_grad, grad_x, grad_b, grad_scale, grad_noise, grad_strength)).
+std::vector<at::Tensor> run_backward(int order, const at::Tensor& grad, const at::Tensor& x, const OptTensor& b,
+                                     const OptTensor& scale, const OptTensor& noise, const OptTensor& strength,
+                                     const Cotangents* ct, int64_t act, double alpha, double gain, double clamp,
+                                     bool need_g, bool need_x, bool need_b, bool need_scale, bool need_noise,
+                                     bool need_strength) {
+  const Setup s = setup(x, b, scale, noise, strength);
   need_b = need_b && b.has_value();
   need_scale = need_scale && scale.has_value();
   need_noise = need_noise && noise.has_value();
   need_strength = need_strength && strength.has_value();
-  const at::Tensor g = (s.cl && s.P > 1) ? to_cl(grad) : grad.contiguous();
+  const at::Tensor g = like_x(grad, s, x, "grad");
 
   cpu::ModBiasActArgs a = kernel_args(s, act, alpha, gain, clamp);
   a.g = g.const_data_ptr();
   at::Tensor dx = need_x ? empty_like_layout(s, x.sizes(), x.scalar_type()) : x.new_empty({0});
   if (need_x) a.out = dx.mutable_data_ptr();
+  at::Tensor dg, ux, un;
+  if (order == 2) {
+    dg = need_g ? empty_like_layout(s, x.sizes(), x.scalar_type()) : x.new_empty({0});
+    if (need_g) a.out2 = dg.mutable_data_ptr();
+    if (ct->ux.has_value()) {  // x's dtype and processing layout
+      const at::Tensor t = ct->ux->to(x.scalar_type());
+      ux = (s.cl && s.P > 1) ? to_cl(t) : t.contiguous();
+      a.ux = ux.const_data_ptr();
+    }
+    if (ct->un.has_value() && s.noise.defined()) {  // fp32, noise's processing layout
+      const at::Tensor t = ct->un->to(at::kFloat);
+      un = (s.cl && s.P > 1) ? to_cl(t) : t.contiguous();
+      a.un = un.const_data_ptr<float>();
+    }
+    a.us = ct->us;
+    a.ub = ct->ub;
+    a.ust = ct->ust;
+  }
   const size_t slots = static_cast<size_t>(s.N * a.npk * s.C);
   std::vector<double> s_dz(need_b ? slots : 0), s_dzx(need_scale ? slots : 0), s_dzn(need_strength ? slots : 0);
   a.s_dz = need_b ? s_dz.data() : nullptr;
@@ -284,7 +335,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mba_backw
     at::parallel_for(0, num_tasks(a), grain(a), [&](int64_t begin, int64_t end) {
       std::vector<float> fs(s.cl ? 3 * s.C : 0);
       std::vector<double> ds(s.cl ? 3 * s.C : 0);
-      cpu::mba_backward(s.dt, a, begin, end, fs.data(), ds.data());
+      if (order == 1) cpu::mba_backward(s.dt, a, begin, end, fs.data(), ds.data());
+      else cpu::mba_double_backward(s.dt, a, begin, end, fs.data(), ds.data());
     });
   } else if (need_noise) {
     dn_f.zero_();
@@ -323,7 +375,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mba_backw
     if (strength->numel() == 1) d = {std::accumulate(d.begin(), d.end(), 0.0)};  // one strength for all channels
     dstrength = from_doubles(d, strength->sizes(), strength->scalar_type(), x);
   }
-  return {dx, db, dscale, dnoise, dstrength};
+  if (order == 1) return {dx, db, dscale, dnoise, dstrength};
+  return {dg, dx, db, dscale, dnoise, dstrength};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mba_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const OptTensor& b, const OptTensor& scale, const OptTensor& noise,
+    const OptTensor& strength, int64_t act, double alpha, double gain, double clamp, bool need_x, bool need_b,
+    bool need_scale, bool need_noise, bool need_strength) {
+  auto r = run_backward(1, grad, x, b, scale, noise, strength, nullptr, act, alpha, gain, clamp, false, need_x, need_b,
+                        need_scale, need_noise, need_strength);
+  return {r[0], r[1], r[2], r[3], r[4]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mba_double_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const OptTensor& b, const OptTensor& scale, const OptTensor& noise,
+    const OptTensor& strength, const OptTensor& u_x, const OptTensor& u_b, const OptTensor& u_scale,
+    const OptTensor& u_noise, const OptTensor& u_strength, int64_t act, double alpha, double gain, double clamp,
+    bool need_grad, bool need_x, bool need_b, bool need_scale, bool need_noise, bool need_strength) {
+  TORCH_CHECK_VALUE(x.dim() >= 2, MBA_NAME "x must have shape (N, C, *spatial), got ", x.sizes());
+  const OptTensor xo(x);
+  check_cotangent(u_x, xo, "u_x", "x");
+  check_cotangent(u_b, b, "u_b", "b");
+  check_cotangent(u_scale, scale, "u_scale", "scale");
+  check_cotangent(u_noise, noise, "u_noise", "noise");
+  check_cotangent(u_strength, strength, "u_strength", "noise_strength");
+  const int64_t N = x.size(0), C = x.size(1);
+  Cotangents ct;
+  ct.ux = u_x;
+  ct.un = noise.has_value() ? u_noise : std::nullopt;
+  ct.us = fp32_values(scale.has_value() ? u_scale : std::nullopt, N * C, 0.0f, ct.store_s, ct.keep_s);
+  ct.ub = fp32_values(b.has_value() ? u_b : std::nullopt, C, 0.0f, ct.store_b, ct.keep_b);
+  ct.ust = fp32_values(strength.has_value() ? u_strength : std::nullopt, C, 0.0f, ct.store_t, ct.keep_t);
+  auto r = run_backward(2, grad, x, b, scale, noise, strength, &ct, act, alpha, gain, clamp, need_grad, need_x, need_b,
+                        need_scale, need_noise, need_strength);
+  return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 
 }  // namespace
@@ -335,9 +421,14 @@ TORCH_LIBRARY_FRAGMENT(fastgen, m) {
   m.def("modulated_bias_act_backward(Tensor grad, Tensor x, Tensor? b, Tensor? scale, Tensor? noise, "
         "Tensor? noise_strength, int act, float alpha, float gain, float clamp, bool need_x, bool need_b, "
         "bool need_scale, bool need_noise, bool need_strength) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("modulated_bias_act_double_backward(Tensor grad, Tensor x, Tensor? b, Tensor? scale, Tensor? noise, "
+        "Tensor? noise_strength, Tensor? u_x, Tensor? u_b, Tensor? u_scale, Tensor? u_noise, Tensor? u_strength, "
+        "int act, float alpha, float gain, float clamp, bool need_grad, bool need_x, bool need_b, bool need_scale, "
+        "bool need_noise, bool need_strength) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
   m.impl("modulated_bias_act", &fastgen::mba_cpu);
   m.impl("modulated_bias_act_backward", &fastgen::mba_backward_cpu);
+  m.impl("modulated_bias_act_double_backward", &fastgen::mba_double_backward_cpu);
 }

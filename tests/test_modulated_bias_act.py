@@ -160,6 +160,10 @@ def test_deterministic_across_thread_counts():
             for xx in (x, xc):
                 y = call("cpp", xx, b, s, nz, st, act="silu")
                 res += [y, *torch.autograd.grad(y, (xx, b, s, nz, st), torch.ones_like(y))]
+                ups = [torch.ones_like(t) for t in (xx, b, s, nz, st)]
+                res += torch.ops.fastgen.modulated_bias_act_double_backward(
+                    torch.ones_like(y), *(t.detach() for t in (xx, b, s, nz, st)), *ups, 7, 0.0, 1.4, -1.0,
+                    *[True] * 6)
             outs.append(res)
     finally:
         torch.set_num_threads(old)
@@ -179,6 +183,37 @@ def test_deterministic_across_thread_counts():
 ])
 def test_second_and_third_order(act, clamp, noise, strength, layout):
     check_orders("cpp", (2, 4, 3, 3), act, clamp, noise, strength, layout)
+
+
+@needs_cpp
+@pytest.mark.parametrize("act", ACTS)
+def test_fused_double_backward_op_matches_closed_form_float64(act):
+    """The fused double-backward op against the closed form (torch ops, float64) on the same inputs,
+    for every layout / noise kind, with all cotangents and with subsets of them."""
+    code, alpha, gain, _ = ACTIVATIONS[act]
+    g = torch.Generator().manual_seed(11)
+    for layout, nk, sk, clamp in (("contiguous", "N1", "scalar", 1.5), ("channels_last", "NC", "channel", -1.0),
+                                  ("contiguous", "11", "channel", -1.0), ("channels_last", "1C", "scalar", 2.0),
+                                  ("contiguous", "none", "none", 1.0), ("channels_last", "N1", "channel", 1.0)):
+        x, b, s, nz, st = (t.detach() if t is not None else None
+                           for t in make((2, 5, 4, 3), noise=nk, strength=sk, layout=layout, seed=12))
+        gy = torch.randn(x.shape, generator=g)
+        ups_all = [torch.randn(t.shape, generator=g) if t is not None else None for t in (x, b, s, nz, st)]
+        for keep in ((0, 1, 2, 3, 4), (0,), (2,), (1, 3, 4)):
+            ups = [u if i in keep else None for i, u in enumerate(ups_all)]
+            params = (code, alpha, gain, clamp)
+            got = torch.ops.fastgen.modulated_bias_act_double_backward(gy, x, b, s, nz, st, *ups, *params, *[True] * 6)
+            d64 = lambda t: t.double() if t is not None else None  # noqa: E731
+            want = M._double_backward_torch([d64(t) for t in (gy, x, b, s, nz, st)], params, [d64(u) for u in ups],
+                                            [True] * 6)
+            for name, a, w, t in zip(("grad", "x", "b", "scale", "noise", "strength"), got, want,
+                                     (gy, x, b, s, nz, st)):
+                if t is None:
+                    assert a.numel() == 0
+                    continue
+                assert a.shape == t.shape and a.dtype == t.dtype
+                sc = max(w.abs().max().item(), 1.0)
+                assert_close(a.double() / sc, w / sc, rtol=2e-5, atol=2e-5, what=f"d{name} {act} {layout} {nk} {keep}")
 
 
 @needs_cpp
@@ -260,7 +295,7 @@ def float64_ops():
 
     lib.impl("fwd", fwd, "CompositeExplicitAutograd")
     lib.impl("bwd", bwd, "CompositeExplicitAutograd")
-    M._register_autograd("fwd", "bwd", ns="fastgen_mba_test")
+    M._register_autograd("fwd", "bwd", ns="fastgen_mba_test")  # double backward: the torch closed form
     yield torch.ops.fastgen_mba_test.fwd
     del lib
 
@@ -294,6 +329,9 @@ def test_opcheck(case):
                                 else torch.contiguous_format)
     needs = tuple(t is not None for t in args[:5])
     torch.library.opcheck(torch.ops.fastgen.modulated_bias_act_backward.default, (g.requires_grad_(), *args, *needs))
+    ups = [torch.randn(t.shape).requires_grad_() if t is not None else None for t in args[:5]]
+    torch.library.opcheck(torch.ops.fastgen.modulated_bias_act_double_backward.default,
+                          (g, *args[:5], *ups, *args[5:], True, *needs))
 
 
 @needs_cpp

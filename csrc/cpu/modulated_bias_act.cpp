@@ -6,6 +6,7 @@
 //   1. z = x scale + noise strength + b          (per layout: scalars per run, or vectors per row)
 //   2. forward: y = clamp(act(z) gain)            backward: dz = g gain act'(z) m
 //   3. backward: dx = dz scale, the sums of dz, dz x, dz noise, and dnoise = dz strength
+// (the double backward: k and k2 = gain act''(z) m in stage 2, its five gradients in stage 3)
 // so x, noise and g are read from memory once and y / dx written once, and the activation code
 // (csrc/cpu/activation.h, shared with bias_act) is instantiated once per storage dtype instead of
 // once per layout and noise variant. Sums: fp32 SIMD lanes within a segment, fp64 across segments
@@ -96,6 +97,18 @@ FG_ALWAYS_INLINE void act_grad(const T* FG_RESTRICT g, float* FG_RESTRICT z, int
   for (int64_t i = 0; i < len; ++i) z[i] = to_float(g[i]) * act_grad_factor<ACT, 1, CLAMP>(z[i], alpha, gain, clamp);
 }
 
+// double backward: k = gain act'(z) m, k2 = gain act''(z) m (0 for linear / relu / lrelu)
+// (in place: zk holds z in, k out)
+template <int ACT, bool CLAMP>
+FG_ALWAYS_INLINE void act_k12(float* FG_RESTRICT zk, float* FG_RESTRICT k2, int64_t len, float alpha, float gain,
+                              float clamp) {
+  for (int64_t i = 0; i < len; ++i) {
+    const float z = zk[i];
+    zk[i] = act_grad_factor<ACT, 1, CLAMP>(z, alpha, gain, clamp);
+    k2[i] = act_grad_factor<ACT, 2, CLAMP>(z, alpha, gain, clamp);
+  }
+}
+
 // ---------------------------------------------------------------- stage 3: gradients
 struct Sums {
   float dz, dzx, dzn;
@@ -140,6 +153,63 @@ FG_ALWAYS_INLINE float grads_row(const float* FG_RESTRICT dz, const T* FG_RESTRI
   if constexpr (NM == 1 && DN) {
 #pragma omp simd reduction(+ : rs)
     for (int64_t i = 0; i < len; ++i) rs += dz[i] * st[i];
+  }
+  return rs;
+}
+
+// Double backward (see modulated_bias_act.h), NCHW run: scalars s, st and the cotangents us, ub,
+// ust of (scale, b, strength); ux / un the cotangents of dx / dnoise (zero buffers when absent, as nz
+// without noise); gg / gx: the grads of g and x (scratch when not needed). DN as grads_run.
+template <typename T, int DN>
+FG_ALWAYS_INLINE Sums grads2_run(const T* FG_RESTRICT g, const float* FG_RESTRICT k, const float* FG_RESTRICT k2,
+                                 const T* FG_RESTRICT x, const T* FG_RESTRICT ux, const float* FG_RESTRICT nz,
+                                 const float* FG_RESTRICT un, float s, float st, float us, float ub, float ust,
+                                 T* FG_RESTRICT gg, T* FG_RESTRICT gx, float* FG_RESTRICT dn, int64_t len) {
+  float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2)
+  for (int64_t i = 0; i < len; ++i) {
+    const float xv = to_float(x[i]), uxv = to_float(ux[i]), gv = to_float(g[i]);
+    const float w = uxv * s + ub + us * xv + un[i] * st + ust * nz[i];
+    const float q = gv * k[i], e = gv * k2[i] * w;
+    gg[i] = from_float<T>(k[i] * w);
+    gx[i] = from_float<T>(q * us + e * s);
+    a0 += e;
+    a1 += q * uxv + e * xv;
+    a2 += q * un[i] + e * nz[i];
+    if constexpr (DN == 1) dn[i] = q * ust + e * st;
+    if constexpr (DN == 2) dn[i] += q * ust + e * st;
+  }
+  return {a0, a1, a2};
+}
+
+// Double backward, channels-inner row: vectors s, st, us, ub, ust; NM 1: one noise value nz[0] (and
+// un[0]) per row, 2: vectors. DN: dn = q ust + e st per channel (NM 2), or the row's sum of it is
+// returned (NM 1; dnv: a scratch row).
+template <typename T, int NM, bool DN>
+FG_ALWAYS_INLINE float grads2_row(const T* FG_RESTRICT g, const float* FG_RESTRICT k, const float* FG_RESTRICT k2,
+                                  const T* FG_RESTRICT x, const T* FG_RESTRICT ux, const float* FG_RESTRICT nz,
+                                  const float* FG_RESTRICT un, const float* FG_RESTRICT s,
+                                  const float* FG_RESTRICT st, const float* FG_RESTRICT us,
+                                  const float* FG_RESTRICT ub, const float* FG_RESTRICT ust, T* FG_RESTRICT gg,
+                                  T* FG_RESTRICT gx, float* FG_RESTRICT dn, float* FG_RESTRICT acc0,
+                                  float* FG_RESTRICT acc1, float* FG_RESTRICT acc2, int64_t len) {
+  const float nv = nz[0], unv = un[0];
+  for (int64_t i = 0; i < len; ++i) {
+    const float xv = to_float(x[i]), uxv = to_float(ux[i]), gv = to_float(g[i]);
+    const float nzi = NM == 1 ? nv : nz[i], uni = NM == 1 ? unv : un[i];
+    const float w = uxv * s[i] + ub[i] + us[i] * xv + uni * st[i] + ust[i] * nzi;
+    const float q = gv * k[i], e = gv * k2[i] * w;
+    gg[i] = from_float<T>(k[i] * w);
+    gx[i] = from_float<T>(q * us[i] + e * s[i]);
+    acc0[i] += e;
+    acc1[i] += q * uxv + e * xv;
+    acc2[i] += q * uni + e * nzi;
+    if constexpr (DN) dn[i] = q * ust[i] + e * st[i];
+  }
+  float rs = 0.0f;
+  if constexpr (NM == 1 && DN) {
+#pragma omp simd reduction(+ : rs)
+    for (int64_t i = 0; i < len; ++i) rs += dn[i];
   }
   return rs;
 }
@@ -194,7 +264,8 @@ FG_ALWAYS_INLINE void forward_tasks(const ModBiasActArgs& a, int64_t begin, int6
   }
 }
 
-template <typename T>
+// ORDER 1: the backward (dz, dx, sums, dnoise). ORDER 2: the double backward (see the header).
+template <typename T, int ORDER>
 FG_ALWAYS_INLINE void backward_tasks(const ModBiasActArgs& a, int64_t begin, int64_t end, float* fscratch,
                                      double* dscratch) {
   const T* FG_RESTRICT x = static_cast<const T*>(a.x);
@@ -214,6 +285,21 @@ FG_ALWAYS_INLINE void backward_tasks(const ModBiasActArgs& a, int64_t begin, int
   double* dacc0 = dscratch;
   double* dacc1 = dscratch + C;
   double* dacc2 = dscratch + 2 * C;
+  // order 2: k2, zero inputs for absent ones, scratch outputs for unneeded ones
+  alignas(64) float k2[ORDER == 2 ? kSeg : 1];
+  alignas(64) float zeros[ORDER == 2 ? kSeg : 1];
+  alignas(64) T zeros_t[ORDER == 2 ? kSeg : 1];
+  alignas(64) T scratch_g[ORDER == 2 ? kSeg : 1];
+  alignas(64) T scratch_x[ORDER == 2 ? kSeg : 1];
+  alignas(64) float scratch_dn[ORDER == 2 ? kSeg : 1];
+  const T* FG_RESTRICT ux = static_cast<const T*>(a.ux);
+  T* FG_RESTRICT gg = static_cast<T*>(a.out2);
+  if constexpr (ORDER == 2) {
+    for (int64_t i = 0; i < kSeg; ++i) {
+      zeros[i] = 0.0f;
+      zeros_t[i] = from_float<T>(0.0f);
+    }
+  }
 
   for (int64_t t = begin; t < end; ++t) {
     const Tile tl = tile_of(a, t);
@@ -231,56 +317,107 @@ FG_ALWAYS_INLINE void backward_tasks(const ModBiasActArgs& a, int64_t begin, int
       for (int64_t q = tl.q0; q < tl.q1; q += kSeg) {
         const int64_t len = std::min(kSeg, tl.q1 - q);
         const T* xs = x + base + q;
+        const T* gs = g + base + q;
         fill_z<T>(a, xs, n, u, q, len, z);
         act_dispatch(a.act, [&](auto act) FG_LAMBDA_INLINE {
           constexpr int ACT = decltype(act)::value;
-          if (a.clamp >= 0.0f) act_grad<T, ACT, true>(g + base + q, z, len, a.alpha, a.gain, a.clamp);
-          else act_grad<T, ACT, false>(g + base + q, z, len, a.alpha, a.gain, a.clamp);
-        });
-        T* dxs = dx ? dx + base + q : nullptr;
-        const float* nz = noise ? a.noise + n * a.ns_n + u * a.ns_a + q * a.ns_b : nullptr;
-        if (!a.cl) {
-          const float s = a.scale[n * C + u], st = a.strength[u];
-          float* dn = want_dn ? dnr + (nd * Cn + (a.dn_sum_c ? 0 : u)) * a.P + q : nullptr;
-          const int dnm = !want_dn ? 0 : (a.dn_sum_c && u != tl.u0 ? 2 : 1);
-          Sums sm;
-          auto run = [&](auto nm, auto dnmode, auto dxm) FG_LAMBDA_INLINE {
-            sm = grads_run<T, decltype(nm)::value != 0, decltype(dnmode)::value, decltype(dxm)::value != 0>(
-                z, xs, nz, s, st, dxs, dn, len);
-          };
-          auto with_dx = [&](auto nm, auto dnmode) FG_LAMBDA_INLINE {
-            if (dxs) run(nm, dnmode, IntC<1>{});
-            else run(nm, dnmode, IntC<0>{});
-          };
-          if (!noise) with_dx(IntC<0>{}, IntC<0>{});
-          else if (dnm == 0) with_dx(IntC<1>{}, IntC<0>{});
-          else if (dnm == 1) with_dx(IntC<1>{}, IntC<1>{});
-          else with_dx(IntC<1>{}, IntC<2>{});
-          r0 += sm.dz;
-          r1 += sm.dzx;
-          r2 += sm.dzn;
-        } else {
-          const float* s = a.scale + n * C + q;
-          const float* st = a.strength + q;
-          float* dn = (want_dn && a.ns_b != 0) ? dnr + (nd * a.P + u) * Cn + q : nullptr;
-          float rs = 0.0f;
-          auto run = [&](auto nm, auto dnmode, auto dxm) FG_LAMBDA_INLINE {
-            rs = grads_row<T, decltype(nm)::value, decltype(dnmode)::value != 0, decltype(dxm)::value != 0>(
-                z, xs, nz, s, st, dxs, dn, acc0 + q, acc1 + q, acc2 + q, len);
-          };
-          auto with_dx = [&](auto nm, auto dnmode) FG_LAMBDA_INLINE {
-            if (dxs) run(nm, dnmode, IntC<1>{});
-            else run(nm, dnmode, IntC<0>{});
-          };
-          if (!noise) with_dx(IntC<0>{}, IntC<0>{});
-          else if (a.ns_b == 0) {
-            if (want_dn) with_dx(IntC<1>{}, IntC<1>{});
-            else with_dx(IntC<1>{}, IntC<0>{});
-          } else {
-            if (want_dn) with_dx(IntC<2>{}, IntC<1>{});
-            else with_dx(IntC<2>{}, IntC<0>{});
+          if constexpr (ORDER == 1) {  // z becomes dz
+            if (a.clamp >= 0.0f) act_grad<T, ACT, true>(gs, z, len, a.alpha, a.gain, a.clamp);
+            else act_grad<T, ACT, false>(gs, z, len, a.alpha, a.gain, a.clamp);
+          } else {  // z becomes k
+            if (a.clamp >= 0.0f) act_k12<ACT, true>(z, k2, len, a.alpha, a.gain, a.clamp);
+            else act_k12<ACT, false>(z, k2, len, a.alpha, a.gain, a.clamp);
           }
-          r0 += rs;
+        });
+        const int64_t noff = n * a.ns_n + u * a.ns_a + q * a.ns_b;
+        const float* nz = noise ? a.noise + noff : nullptr;
+        if constexpr (ORDER == 1) {
+          T* dxs = dx ? dx + base + q : nullptr;
+          if (!a.cl) {
+            const float s = a.scale[n * C + u], st = a.strength[u];
+            float* dn = want_dn ? dnr + (nd * Cn + (a.dn_sum_c ? 0 : u)) * a.P + q : nullptr;
+            const int dnm = !want_dn ? 0 : (a.dn_sum_c && u != tl.u0 ? 2 : 1);
+            Sums sm;
+            auto run = [&](auto nm, auto dnmode, auto dxm) FG_LAMBDA_INLINE {
+              sm = grads_run<T, decltype(nm)::value != 0, decltype(dnmode)::value, decltype(dxm)::value != 0>(
+                  z, xs, nz, s, st, dxs, dn, len);
+            };
+            auto with_dx = [&](auto nm, auto dnmode) FG_LAMBDA_INLINE {
+              if (dxs) run(nm, dnmode, IntC<1>{});
+              else run(nm, dnmode, IntC<0>{});
+            };
+            if (!noise) with_dx(IntC<0>{}, IntC<0>{});
+            else if (dnm == 0) with_dx(IntC<1>{}, IntC<0>{});
+            else if (dnm == 1) with_dx(IntC<1>{}, IntC<1>{});
+            else with_dx(IntC<1>{}, IntC<2>{});
+            r0 += sm.dz;
+            r1 += sm.dzx;
+            r2 += sm.dzn;
+          } else {
+            const float* s = a.scale + n * C + q;
+            const float* st = a.strength + q;
+            float* dn = (want_dn && a.ns_b != 0) ? dnr + (nd * a.P + u) * Cn + q : nullptr;
+            float rs = 0.0f;
+            auto run = [&](auto nm, auto dnmode, auto dxm) FG_LAMBDA_INLINE {
+              rs = grads_row<T, decltype(nm)::value, decltype(dnmode)::value != 0, decltype(dxm)::value != 0>(
+                  z, xs, nz, s, st, dxs, dn, acc0 + q, acc1 + q, acc2 + q, len);
+            };
+            auto with_dx = [&](auto nm, auto dnmode) FG_LAMBDA_INLINE {
+              if (dxs) run(nm, dnmode, IntC<1>{});
+              else run(nm, dnmode, IntC<0>{});
+            };
+            if (!noise) with_dx(IntC<0>{}, IntC<0>{});
+            else if (a.ns_b == 0) {
+              if (want_dn) with_dx(IntC<1>{}, IntC<1>{});
+              else with_dx(IntC<1>{}, IntC<0>{});
+            } else {
+              if (want_dn) with_dx(IntC<2>{}, IntC<1>{});
+              else with_dx(IntC<2>{}, IntC<0>{});
+            }
+            r0 += rs;
+          }
+        } else {
+          const T* uxs = ux ? ux + base + q : zeros_t;
+          T* ggs = gg ? gg + base + q : scratch_g;
+          T* gxs = dx ? dx + base + q : scratch_x;
+          if (!a.cl) {
+            const float* nzs = noise ? nz : zeros;
+            const float* uns = (noise && a.un) ? a.un + noff : zeros;
+            const int64_t nc = n * C + u;
+            const float s = a.scale[nc], st = a.strength[u], us = a.us[nc], ub = a.ub[u], ust = a.ust[u];
+            float* dn = want_dn ? dnr + (nd * Cn + (a.dn_sum_c ? 0 : u)) * a.P + q : nullptr;
+            const int dnm = !want_dn ? 0 : (a.dn_sum_c && u != tl.u0 ? 2 : 1);
+            Sums sm;
+            if (dnm == 0) sm = grads2_run<T, 0>(gs, z, k2, xs, uxs, nzs, uns, s, st, us, ub, ust, ggs, gxs, dn, len);
+            else if (dnm == 1) sm = grads2_run<T, 1>(gs, z, k2, xs, uxs, nzs, uns, s, st, us, ub, ust, ggs, gxs, dn, len);
+            else sm = grads2_run<T, 2>(gs, z, k2, xs, uxs, nzs, uns, s, st, us, ub, ust, ggs, gxs, dn, len);
+            r0 += sm.dz;
+            r1 += sm.dzx;
+            r2 += sm.dzn;
+          } else {
+            const float* nzs = noise ? nz : zeros;  // no noise: one zero per row (NM 1)
+            const float* uns = (noise && a.un) ? a.un + noff : zeros;
+            const float* s = a.scale + n * C + q;
+            const float* st = a.strength + q;
+            const float* us = a.us + n * C + q;
+            const float* ub = a.ub + q;
+            const float* ust = a.ust + q;
+            const bool vec = noise && a.ns_b != 0;
+            float* dn = want_dn ? (vec ? dnr + (nd * a.P + u) * Cn + q : scratch_dn) : nullptr;
+            float rs = 0.0f;
+            auto run = [&](auto nm, auto dnmode) FG_LAMBDA_INLINE {
+              rs = grads2_row<T, decltype(nm)::value, decltype(dnmode)::value != 0>(
+                  gs, z, k2, xs, uxs, nzs, uns, s, st, us, ub, ust, ggs, gxs, dn, acc0 + q, acc1 + q, acc2 + q, len);
+            };
+            if (vec) {
+              if (want_dn) run(IntC<2>{}, IntC<1>{});
+              else run(IntC<2>{}, IntC<0>{});
+            } else {
+              if (want_dn) run(IntC<1>{}, IntC<1>{});
+              else run(IntC<1>{}, IntC<0>{});
+            }
+            r0 += rs;
+          }
         }
       }
       if (!a.cl) {
@@ -312,7 +449,10 @@ FG_ALWAYS_INLINE void backward_tasks(const ModBiasActArgs& a, int64_t begin, int
 #define FG_MBA_CLONES(SUF, T)                                                                        \
   FG_CLONES void fwd_##SUF(const ModBiasActArgs& a, int64_t b, int64_t e) { forward_tasks<T>(a, b, e); } \
   FG_CLONES void bwd_##SUF(const ModBiasActArgs& a, int64_t b, int64_t e, float* fs, double* ds) {      \
-    backward_tasks<T>(a, b, e, fs, ds);                                                              \
+    backward_tasks<T, 1>(a, b, e, fs, ds);                                                           \
+  }                                                                                                  \
+  FG_CLONES void bwd2_##SUF(const ModBiasActArgs& a, int64_t b, int64_t e, float* fs, double* ds) {     \
+    backward_tasks<T, 2>(a, b, e, fs, ds);                                                           \
   }
 
 FG_MBA_CLONES(f32, float)
@@ -341,6 +481,11 @@ void mba_forward(DType dt, const ModBiasActArgs& a, int64_t begin, int64_t end) 
 
 void mba_backward(DType dt, const ModBiasActArgs& a, int64_t begin, int64_t end, float* fscratch, double* dscratch) {
   FG_DT_DISPATCH(dt, bwd, a, begin, end, fscratch, dscratch)
+}
+
+void mba_double_backward(DType dt, const ModBiasActArgs& a, int64_t begin, int64_t end, float* fscratch,
+                         double* dscratch) {
+  FG_DT_DISPATCH(dt, bwd2, a, begin, end, fscratch, dscratch)
 }
 
 void mba_sum_replicas(const float* part, int64_t R, int64_t M, float* out, int64_t begin, int64_t end) {

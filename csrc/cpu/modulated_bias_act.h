@@ -55,12 +55,28 @@ struct ModBiasActArgs {
   // NCHW with dn_sum_c, else 1.
   float* dn = nullptr;
   bool dn_sum_c = false, dn_sum_n = false;
+  // Double backward only: the cotangents of the backward's outputs, ux (dx's: x's dtype and layout;
+  // null: zero), un (dnoise's: fp32 in noise's layout; null: zero), us (N, C), ub (C), ust (C) (fp32,
+  // never null: zeros when absent); out2 = the grad of g (null: not needed), out = the grad of x.
+  const void* ux = nullptr;
+  const float* un = nullptr;
+  const float* us = nullptr;
+  const float* ub = nullptr;
+  const float* ust = nullptr;
+  void* out2 = nullptr;
 };
 
 // Forward of tasks [begin, end).
 void mba_forward(DType dt, const ModBiasActArgs& a, int64_t begin, int64_t end);
 // Backward of tasks [begin, end). scratch: 3 C floats and 3 C doubles (channels-inner sums).
 void mba_backward(DType dt, const ModBiasActArgs& a, int64_t begin, int64_t end, float* fscratch, double* dscratch);
+// Double backward of tasks [begin, end): the gradients of <backward(g, x, b, scale, noise, strength),
+// (ux, ub, us, un, ust)>. With k = gain act'(z) m, k2 = gain act''(z) m,
+// W = ux scale + ub + us x + un strength + ust noise, q = g k, e = g k2 W:
+//   d g = k W (out2),  d x = q us + e scale (out),  sums: e (s_dz -> d b), q ux + e x (s_dzx -> d scale),
+//   q un + e noise (s_dzn -> d strength),  dnoise: q ust + e strength (dn, as the backward's).
+void mba_double_backward(DType dt, const ModBiasActArgs& a, int64_t begin, int64_t end, float* fscratch,
+                         double* dscratch);
 // out[j] = sum over r of part[r M + j] (r in order), j in [begin, end).
 void mba_sum_replicas(const float* part, int64_t R, int64_t M, float* out, int64_t begin, int64_t end);
 

@@ -34,9 +34,10 @@ import torch
 from .. import _extension, backend
 from . import _common as C
 from .bias_act import _NAMES as _ACT_NAMES
-from .bias_act import _params, bias_act, bias_act_reference
+from .bias_act import ACTIVATIONS, _act_derivative, _mask_gain, _params, bias_act, bias_act_reference
 
 OP = "modulated_bias_act"
+_ACT_SECOND = {code: second for code, _, _, second in ACTIVATIONS.values()}  # act'' != 0
 
 backend.register_op(
     backend.OpSpec(
@@ -109,49 +110,105 @@ def _fake_backward(grad, x, b, scale, noise, noise_strength, act, alpha, gain, c
 
 
 # ----------------------------------------------------------------------------- autograd
-def _double_backward(saved, params, ups, need):
+def _double_backward_torch(saved, params, ups, need):
     """Grads of <backward(g, x, b, scale, noise, strength), ups> w.r.t. (g, x, b, scale, noise,
-    strength): the VJP of the reference's first backward (as group_norm's double backward). torch.func
-    treats the inputs as independent (autograd.grad would also follow paths between them, e.g. a g
-    that depends on x through y, and count those twice) and composes with autograd, so third and
-    higher orders work too."""
-    act, alpha, gain, clamp = params
-    name = _ACT_NAMES[act]
-    clamp = None if clamp < 0 else clamp
-    present = [i for i, v in enumerate(saved) if v is not None]  # into (g, x, b, scale, noise, strength)
-    diff = [j for j, u in enumerate(ups) if u is not None and saved[j + 1] is not None]  # into (x, b, s, n, st)
-    if not diff:
+    strength), in closed form with torch ops. With z = x s + noise st + b, k = gain act'(z) m (m the
+    clamp mask, piecewise constant), k2 = gain act''(z) m, the backward's outputs are
+    dx = g k s, db = sum g k, dscale = sum_p g k x, dnoise = sum g k st, dstrength = sum g k noise, so
+    with W = U_x s + U_b + U_s x + U_n st + U_st noise (the cotangents broadcast to x's shape),
+    q = g k and e = g k2 W:
+
+        d g = k W                       d x = q U_s + e s          d b = sum e
+        d scale = sum_p (q U_x + e x)   d noise = sum (q U_st + e st)   d strength = sum (q U_n + e noise)
+
+    (e = 0 for linear / relu / lrelu). Differentiable torch ops throughout (act' and act'' are
+    bias_act's differentiable formulas), so third and higher orders follow by autograd; each input is
+    treated as independent (no path between g and x is followed twice)."""
+    g, x, b, scale, noise, strength = saved
+    u_x, u_b, u_s, u_n, u_st = ups
+    if not any(need) or all(u is None for u in ups):
         return [None] * 6
-
-    def first(*values):
-        full = [None] * 6
-        for i, v in zip(present, values):
-            full[i] = v
-
-        def forward(*d):
-            args = list(full[1:])
-            for j, v in zip(diff, d):
-                args[j] = v
-            xx, bb, ss, nn, tt = args
-            return modulated_bias_act_reference(xx, bb, ss, nn, tt, name, alpha, gain, clamp)
-
-        y, vjp_y = torch.func.vjp(forward, *[full[j + 1] for j in diff])
-        return vjp_y(full[0].to(y.dtype))
-
-    firsts, vjp_first = torch.func.vjp(first, *[saved[i] for i in present])
-    grads = vjp_first(tuple(ups[j].to(f.dtype) for j, f in zip(diff, firsts)))
+    act, alpha, gain, clamp = params
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    n, c = x.shape[:2]
+    tail = (1,) * (x.dim() - 2)
+    spatial = tuple(range(2, x.dim()))
+    xf, gf = x.to(ct), g.to(ct)
+    sv = scale.to(ct).reshape(n, c, *tail) if scale is not None else None
+    z = xf if sv is None else xf * sv
+    nf = stv = None
+    if noise is not None:
+        nf = noise.to(ct)
+        if strength is not None:
+            t = strength.to(ct)
+            stv = t.reshape(1, c, *tail) if t.numel() == c and c != 1 else t.reshape((1,) * x.dim())
+        z = z + (nf if stv is None else nf * stv)
+    if b is not None:
+        z = z + b.to(ct).reshape(1, c, *tail)
+    mg = _mask_gain(z, act, alpha, gain, clamp)
+    k = mg * _act_derivative(z, act, alpha, 1)
+    # W: the cotangents of the backward's five outputs, broadcast to x's shape
+    terms = []
+    if u_x is not None:
+        terms.append(u_x.to(ct) if sv is None else u_x.to(ct) * sv)
+    if u_b is not None:
+        terms.append(u_b.to(ct).reshape(1, c, *tail))
+    usv = u_s.to(ct).reshape(n, c, *tail) if u_s is not None else None
+    if usv is not None:
+        terms.append(usv * xf)
+    if u_n is not None:
+        terms.append(u_n.to(ct) if stv is None else u_n.to(ct) * stv)
+    ustv = None
+    if u_st is not None:
+        t = u_st.to(ct)
+        ustv = t.reshape(1, c, *tail) if t.numel() == c and c != 1 else t.reshape((1,) * x.dim())
+        terms.append(ustv * nf)
+    W = terms[0]
+    for t in terms[1:]:
+        W = W + t
+    second = _ACT_SECOND[act]
+    q = gf * k
+    e = gf * (mg * _act_derivative(z, act, alpha, 2)) * W if second else None
     res = [None] * 6
-    for i, g in zip(present, grads):
-        if need[i]:
-            res[i] = g.to(saved[i].dtype)
+    if need[0]:
+        res[0] = (k * W).to(g.dtype)
+    if need[1]:
+        parts = ([q * usv] if usv is not None else []) + ([e if sv is None else e * sv] if e is not None else [])
+        res[1] = (sum(parts[1:], parts[0]) if parts else torch.zeros_like(xf)).to(x.dtype)
+    if need[2] and b is not None:
+        res[2] = (e.sum(dim=(0, *spatial)) if e is not None else torch.zeros(c, dtype=ct, device=x.device)).to(b.dtype)
+    if need[3] and scale is not None:
+        parts = ([q * u_x.to(ct)] if u_x is not None else []) + ([e * xf] if e is not None else [])
+        t = sum(parts[1:], parts[0]).sum(dim=spatial) if parts else torch.zeros((n, c), dtype=ct, device=x.device)
+        res[3] = t.reshape(scale.shape).to(scale.dtype)
+    if need[4] and noise is not None:
+        parts = ([q * ustv] if ustv is not None else []) + ([e if stv is None else e * stv] if e is not None else [])
+        t = sum(parts[1:], parts[0]) if parts else torch.zeros_like(xf)
+        res[4] = t.sum_to_size(noise.shape).to(noise.dtype)
+    if need[5] and strength is not None:
+        parts = ([q * u_n.to(ct)] if u_n is not None else []) + ([e * nf] if e is not None else [])
+        t = sum(parts[1:], parts[0]) if parts else torch.zeros_like(xf)
+        t = t.sum(dim=(0, *spatial)) if strength.numel() == c and c != 1 else t.sum()
+        res[5] = t.reshape(strength.shape).to(strength.dtype)
     return res
 
 
-def _register_autograd(fwd_name: str, bwd_name: str, ns: str = "fastgen") -> None:
-    """Autograd of a (forward, backward) op pair: the forward's backward is the fused backward op;
-    the backward op's own backward (double backward and up) differentiates the reference. (``ns``:
-    the tests register the same formula on a float64 reference op pair for gradgradcheck.)"""
-    bwd = getattr(getattr(torch.ops, ns), bwd_name).default
+def _fake_double_backward(grad, x, b, scale, noise, noise_strength, u_x, u_b, u_scale, u_noise, u_strength, act,
+                          alpha, gain, clamp, need_grad, need_x, need_b, need_scale, need_noise, need_strength):
+    dg = _empty_layout(x.shape, _processing_cl(x), x.dtype, x.device) if need_grad else x.new_empty((0,))
+    return (dg, *_fake_backward(grad, x, b, scale, noise, noise_strength, act, alpha, gain, clamp, need_x, need_b,
+                                need_scale, need_noise, need_strength))
+
+
+def _register_autograd(fwd_name: str, bwd_name: str, bwd2_name: Optional[str] = None, ns: str = "fastgen") -> None:
+    """Autograd of the op chain forward -> backward [-> double backward]: the forward's backward is
+    the fused backward op; the backward op's backward is the fused double-backward op when there is
+    one (``bwd2_name``), else the closed form in torch ops (:func:`_double_backward_torch`); the
+    double-backward op's backward (third order and up) is the VJP of that closed form. (``ns``: the
+    tests register the same formulas on a float64 reference op pair for gradgradcheck.)"""
+    lib = getattr(torch.ops, ns)
+    bwd = getattr(lib, bwd_name).default
+    bwd2 = getattr(lib, bwd2_name).default if bwd2_name else None
 
     def setup_fwd(ctx, inputs, output):
         x, b, scale, noise, strength, act, alpha, gain, clamp = inputs
@@ -174,16 +231,52 @@ def _register_autograd(fwd_name: str, bwd_name: str, ns: str = "fastgen") -> Non
 
     def backward_bwd(ctx, *ups):
         saved = ctx.saved_tensors
-        ups = [u if nd else None for u, nd in zip(ups, ctx.needs)]
-        need = tuple(ctx.needs_input_grad[:6])  # g, x, b, scale, noise, strength
+        ups = [u if nd and t is not None else None for u, nd, t in zip(ups, ctx.needs, saved[1:])]
+        need = tuple(bool(n) and t is not None for n, t in zip(ctx.needs_input_grad[:6], saved))
         res = [None] * 15
         if all(u is None for u in ups) or not any(need):
             return tuple(res)
-        res[:6] = _double_backward(saved, ctx.params, ups, need)
+        if bwd2 is not None:
+            outs = bwd2(*saved, *ups, *ctx.params, *need)
+            res[:6] = [o if nd else None for o, nd in zip(outs, need)]
+        else:
+            res[:6] = _double_backward_torch(saved, ctx.params, ups, need)
         return tuple(res)
 
     torch.library.register_autograd(f"{ns}::{fwd_name}", backward_fwd, setup_context=setup_fwd)
     torch.library.register_autograd(f"{ns}::{bwd_name}", backward_bwd, setup_context=setup_bwd)
+    if bwd2 is None:
+        return
+
+    def setup_bwd2(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:11])  # g, x, b, scale, noise, strength, u_x, u_b, u_scale, u_noise, u_strength
+        ctx.params = tuple(inputs[11:15])
+        ctx.needs = tuple(inputs[15:])
+
+    def backward_bwd2(ctx, *vs):
+        """Third order: the VJP of the closed form of the double backward w.r.t. its 11 tensor inputs."""
+        saved = ctx.saved_tensors
+        outs = [i for i in range(6) if vs[i] is not None and ctx.needs[i] and saved[i] is not None]
+        present = [i for i, t in enumerate(saved) if t is not None]
+        res = [None] * 21
+        if not outs or not any(ctx.needs_input_grad[i] for i in present):
+            return tuple(res)
+
+        def f(*vals):
+            full = [None] * 11
+            for i, v in zip(present, vals):
+                full[i] = v
+            d = _double_backward_torch(full[:6], ctx.params, full[6:], [i in outs for i in range(6)])
+            return tuple(d[i] for i in outs)
+
+        firsts, vjp = torch.func.vjp(f, *[saved[i] for i in present])
+        grads = vjp(tuple(vs[i].to(o.dtype) for i, o in zip(outs, firsts)))
+        for i, g in zip(present, grads):
+            if ctx.needs_input_grad[i]:
+                res[i] = g.to(saved[i].dtype)
+        return tuple(res)
+
+    torch.library.register_autograd(f"{ns}::{bwd2_name}", backward_bwd2, setup_context=setup_bwd2)
 
 
 def _register_cpp_ops() -> bool:
@@ -191,7 +284,8 @@ def _register_cpp_ops() -> bool:
         return False
     torch.library.register_fake(f"fastgen::{OP}")(_fake)
     torch.library.register_fake(f"fastgen::{OP}_backward")(_fake_backward)
-    _register_autograd(OP, f"{OP}_backward")
+    torch.library.register_fake(f"fastgen::{OP}_double_backward")(_fake_double_backward)
+    _register_autograd(OP, f"{OP}_backward", f"{OP}_double_backward")
     return True
 
 
@@ -261,7 +355,7 @@ def _triton_ops():
 
     mba_triton.register_fake(_fake)
     mba_backward_triton.register_fake(_fake_backward)
-    _register_autograd(f"{OP}_triton", f"{OP}_backward_triton")
+    _register_autograd(f"{OP}_triton", f"{OP}_backward_triton")  # double backward: torch ops
     return mba_triton
 
 
