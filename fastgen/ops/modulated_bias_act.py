@@ -20,8 +20,9 @@ Implementations (fastgen.backend): ``cpp`` (CPU: csrc/cpu/modulated_bias_act.cpp
 fastgen/kernels/modulated_bias_act.py), ``torch`` (:func:`modulated_bias_act_reference`); float64
 and empty inputs run the reference, and calls with neither scale nor noise run ``bias_act``. The
 backward is one fused pass (dx and the reductions for b, scale, noise_strength and noise, only for
-the inputs that need grad, deterministic); the double backward differentiates the reference's first
-backward with ``torch.func.vjp``. NCHW-contiguous and channels-last inputs run in their memory order.
+the inputs that need grad, deterministic); the double backward is a second fused pass on CPU (the
+closed form of :func:`_double_backward_torch`; torch ops for the Triton ops), and higher orders
+differentiate that closed form. NCHW-contiguous and channels-last inputs run in their memory order.
 """
 from __future__ import annotations
 
