@@ -412,8 +412,8 @@ def modulated_bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, *, sca
         act, alpha, gain, clamp: as :func:`fastgen.functional.bias_act`.
         impl: force ``"torch"``, ``"cpp"`` (CPU) or ``"triton"`` (default: see fastgen.backend).
 
-    Returns y with x's shape and dtype; differentiable w.r.t. x, b, scale, noise and
-    noise_strength to any order.
+    Returns y with x's shape and dtype (channels-last x gives a channels-last y); differentiable
+    w.r.t. x, b, scale, noise and noise_strength to any order.
     """
     _check(x, b, scale, noise, noise_strength)
     code, alpha, gain, clamp = _params(act, alpha, gain, clamp)
