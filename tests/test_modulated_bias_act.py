@@ -422,3 +422,18 @@ def test_raw_ops_check_and_name_arguments(args, exc, match):
         with pytest.raises(ValueError, match="grad has shape"):
             torch.ops.fastgen.modulated_bias_act_backward(torch.ones(2, 3, 5), *pos[:1], *[None] * 4, 2, 0.2, 1.0,
                                                           -1.0, *[True] * 5)
+
+
+@needs_cpp
+def test_raw_double_backward_op_checks_cotangents():
+    x, b, s, nz, st = torch.ones(2, 3, 4), torch.ones(3), torch.ones(2, 3), torch.ones(2, 1, 4), torch.ones(())
+    op = torch.ops.fastgen.modulated_bias_act_double_backward
+    ok = [torch.ones(2, 3, 4), torch.ones(3), torch.ones(2, 3), torch.ones(2, 1, 4), torch.ones(())]
+    for i, (name, bad) in enumerate((("u_x", torch.ones(2, 3, 5)), ("u_b", torch.ones(4)), ("u_scale", torch.ones(3, 2)),
+                                     ("u_noise", torch.ones(2, 3, 4)), ("u_strength", torch.ones(3)))):
+        ups = list(ok)
+        ups[i] = bad
+        with pytest.raises(ValueError, match=f"{name} has shape"):
+            op(torch.ones(2, 3, 4), x, b, s, nz, st, *ups, 2, 0.2, 1.4, -1.0, *[True] * 6)
+    with pytest.raises(ValueError, match="grad has shape"):
+        op(torch.ones(2, 3, 5), x, b, s, nz, st, *ok, 2, 0.2, 1.4, -1.0, *[True] * 6)
