@@ -80,7 +80,8 @@ def test_custom_alpha_gain():
     ((2, 40, 33, 35), "contiguous"),    # several position chunks and channel blocks per sample
     ((2, 40, 33, 35), "channels_last"),  # several row chunks per sample
     ((2, 600, 3, 2), "channels_last"),   # rows longer than one segment
-    ((1, 3, 64, 37), "contiguous"),
+    ((1, 3, 64, 37), "contiguous"),     # long runs: tiles of <= 4 channels walked segment-major
+    ((1, 9, 100, 100), "contiguous"),
 ])
 def test_shapes_and_layouts(shape, layout):
     for nk, sk in (("N1", "scalar"), ("11", "channel"), ("NC", "channel"), ("1C", "scalar")):
