@@ -1,65 +1,19 @@
 // CPU kernels of bias_act (see bias_act.h). One pass over x (and g, g2) in memory order: runs that
 // share one bias value (NCHW: runs of `inner` elements) or rows of C channels with a bias vector
 // (channels last), written as plain loops that GCC vectorises in every target clone. fp32 math; the
-// activations use the branch-free polynomials of fastgen/vmath.h (exp, normal CDF).
+// activations (csrc/cpu/activation.h) use the branch-free polynomials of fastgen/vmath.h.
 #include "bias_act.h"
 
 #include <algorithm>
 #include <cmath>
 
+#include "activation.h"  // act_d: the activation table shared with modulated_bias_act
 #include "fastgen/convert.h"
-#include "fastgen/vmath.h"
 #include "stream.h"  // FG_CLONES, FG_LAMBDA_INLINE
 
 namespace fastgen {
 namespace cpu {
 namespace {
-
-constexpr float kSeluLambda = 1.0507009873554805f, kSeluAlpha = 1.6732632423543772f;
-
-// tanh: odd Taylor polynomial near 0 (no cancellation), 1 - 2 / (e^2z + 1) elsewhere.
-FG_ALWAYS_INLINE float tanh_poly(float z) {
-  const float z2 = z * z;
-  const float small = z * (1.0f + z2 * (-0.333333333f + z2 * (0.133333333f + z2 * (-0.0539682540f + z2 * 0.0218694885f))));
-  const float big = 1.0f - 2.0f / (exp_act(2.0f * z) + 1.0f);
-  return std::fabs(z) < 0.125f ? small : big;
-}
-
-// act(z), act'(z), act''(z) (ORDER 0, 1, 2); alpha: lrelu slope / elu scale.
-template <int ACT, int ORDER>
-FG_ALWAYS_INLINE float act_d(float z, float alpha) {
-  const bool pos = z > 0.0f;
-  if constexpr (ACT == kBaLinear) {
-    return ORDER == 0 ? z : (ORDER == 1 ? 1.0f : 0.0f);
-  } else if constexpr (ACT == kBaRelu) {
-    return ORDER == 0 ? (pos ? z : 0.0f) : (ORDER == 1 ? (pos ? 1.0f : 0.0f) : 0.0f);
-  } else if constexpr (ACT == kBaLrelu) {
-    return ORDER == 0 ? (pos ? z : alpha * z) : (ORDER == 1 ? (pos ? 1.0f : alpha) : 0.0f);
-  } else if constexpr (ACT == kBaTanh) {
-    const float t = tanh_poly(z);
-    return ORDER == 0 ? t : (ORDER == 1 ? 1.0f - t * t : -2.0f * t * (1.0f - t * t));
-  } else if constexpr (ACT == kBaSigmoid) {
-    const float s = sigmoid_poly(z);
-    return ORDER == 0 ? s : (ORDER == 1 ? s * (1.0f - s) : s * (1.0f - s) * (1.0f - 2.0f * s));
-  } else if constexpr (ACT == kBaElu || ACT == kBaSelu) {
-    const float sc = ACT == kBaSelu ? kSeluLambda : 1.0f;
-    const float al = ACT == kBaSelu ? kSeluAlpha : alpha;
-    const float e = exp_act(std::min(z, 0.0f));
-    if constexpr (ORDER == 0) return sc * (pos ? z : al * (e - 1.0f));
-    else if constexpr (ORDER == 1) return sc * (pos ? 1.0f : al * e);
-    else return pos ? 0.0f : sc * al * e;
-  } else if constexpr (ACT == kBaSilu) {
-    const float s = sigmoid_poly(z);
-    if constexpr (ORDER == 0) return z * s;
-    else if constexpr (ORDER == 1) return s * (1.0f + z * (1.0f - s));
-    else return s * (1.0f - s) * (2.0f + z * (1.0f - 2.0f * s));
-  } else {  // GELU (erf): z Phi(z); Phi + z phi; phi (2 - z^2)
-    if constexpr (ORDER == 0) return z * normal_cdf(z);
-    const float phi = 0.398942280f * exp_act(-0.5f * z * z);
-    if constexpr (ORDER == 1) return normal_cdf(z) + z * phi;
-    else return phi * (2.0f - z * z);
-  }
-}
 
 // MODE 0: forward, 1: order-1 gradient, 2: order-2 gradient (see bias_act.h).
 template <typename T, int ACT, int MODE>

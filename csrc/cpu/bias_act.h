@@ -5,16 +5,11 @@
 #pragma once
 #include <cstdint>
 
+#include "activation.h"  // activation codes (kBa*) shared with modulated_bias_act
 #include "fastgen/macros.h"
 
 namespace fastgen {
 namespace cpu {
-
-// Activation codes shared with fastgen/ops/bias_act.py and the Triton kernels.
-enum : int {
-  kBaLinear = 0, kBaRelu = 1, kBaLrelu = 2, kBaTanh = 3, kBaSigmoid = 4, kBaElu = 5, kBaSelu = 6,
-  kBaSilu = 7, kBaGelu = 8
-};
 
 struct BiasActArgs {
   const void* x;       // the op's input (pre-bias)
