@@ -99,7 +99,7 @@ def _register_autograd(fwd_name: str, bwd_name: str) -> None:
         gkl_ = torch.zeros(n, dtype=torch.float32, device=mu.device) if gkl is None else gkl.float()
 
         def first(gz_, gkl_, m, lv):
-            _, vjp = torch.func.vjp(lambda a, b: reparameterize_reference(a, b, eps), m, lv)
+            _, vjp = torch.func.vjp(lambda a, b: tuple(reparameterize_reference(a, b, eps)), m, lv)
             return vjp((gz_, gkl_))
 
         _, vjp2 = torch.func.vjp(first, gz_, gkl_, mu.float(), logvar.float())
