@@ -72,7 +72,7 @@ class ResBlock(nn.Module):
     or is added before it (DDPM); then dropout, a zero-initialised 3x3 conv, and the skip
     (identity, or a 1x1 / 3x3 conv when the channel count changes). ``up`` / ``down`` resample
     inside the block (BigGAN-style, ADM's ``resblock_updown``). ``skip_scale`` multiplies the sum
-    (e.g. 1/sqrt(2), NCSN++).
+    (e.g. 1/sqrt(2), NCSN++). ``emb_channels=0``: no conditioning (an autoencoder's ResBlock).
     """
 
     def __init__(self, channels: int, emb_channels: int, out_channels: Optional[int] = None, *, dropout: float = 0.0,
@@ -87,7 +87,8 @@ class ResBlock(nn.Module):
         self.in_norm = GroupNormAct(_groups(channels, num_groups), channels, activation="silu")
         self.resample = Upsample(channels, False) if up else (Downsample(channels, False) if down else None)
         self.in_conv = nn.Conv2d(channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
+        self.emb_proj = (nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
+                         if emb_channels else None)
         self.out_norm = GroupNormAct(_groups(out_channels, num_groups), out_channels, activation="silu")
         self.dropout = nn.Dropout(dropout)
         self.out_conv = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
@@ -96,11 +97,20 @@ class ResBlock(nn.Module):
         else:
             self.skip = nn.Conv2d(channels, out_channels, 3 if use_conv_skip else 1, padding=1 if use_conv_skip else 0)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.in_norm(x)
         if self.resample is not None:
             h, x = self.resample(h), self.resample(x)
         h = self.in_conv(h)
+        if self.emb_proj is None:
+            if emb is not None:
+                raise ValueError("ResBlock: an embedding was given to a block built with emb_channels=0")
+            h = self.out_norm(h)
+            h = self.out_conv(self.dropout(h))
+            out = self.skip(x) + h
+            return out * self.skip_scale if self.skip_scale != 1.0 else out
+        if emb is None:
+            raise ValueError("ResBlock: this block is conditioned (emb_channels > 0); pass emb")
         e = self.emb_proj(F.silu(emb)).to(h.dtype)
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
