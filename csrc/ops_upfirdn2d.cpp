@@ -20,7 +20,6 @@
 #include <optional>
 #include <vector>
 
-#include "cpu/stream.h"  // use_streaming_stores
 #include "cpu/upfirdn2d.h"
 #include "ops_common.h"
 
@@ -129,7 +128,6 @@ at::Tensor upfirdn2d_cpu(const at::Tensor& x, const OptTensor& f, int64_t upx, i
   a.kx = kx.data();
   a.ky = ky.data();
   a.k2 = k2.data();
-  a.stream_stores = cpu::use_streaming_stores((xs.numel() + y.numel()) * static_cast<int64_t>(x.element_size()));
   const DType dt = dtype_of(x);
   if (!cl) {
     const int64_t grain = std::max<int64_t>(1, kGrainElems / Wo);

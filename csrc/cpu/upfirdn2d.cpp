@@ -25,10 +25,11 @@
 #include "upfirdn2d.h"
 
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 #include "fastgen/convert.h"
-#include "stream.h"  // FG_CLONES, FG_LAMBDA_INLINE, stream_store
+#include "stream.h"  // FG_CLONES, FG_LAMBDA_INLINE
 
 namespace fastgen {
 namespace cpu {
@@ -114,6 +115,62 @@ FG_ALWAYS_INLINE void wsum(A* dst, const S* const* src, const A* w, int64_t K, i
   }
 }
 
+// The same over `rows` rows: dst[r ds + i] (=|+=) sum_k w[k] src[r ss + k ks + i] (sources k ks
+// apart, rows ss apart in the source and ds apart in the destination): one call for many rows.
+template <int KC, bool ACC, typename S, typename A>
+FG_ALWAYS_INLINE void wsum2d_k(A* dst, int64_t ds, const S* src, int64_t ks, int64_t ss, const A* w, int64_t rows,
+                               int64_t n) {
+  const A w0 = w[0], w1 = KC > 1 ? w[1] : A(0), w2 = KC > 2 ? w[2] : A(0), w3 = KC > 3 ? w[3] : A(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    A* FG_RESTRICT d = dst + r * ds;
+    const S* FG_RESTRICT s0 = src + r * ss;
+    const S* FG_RESTRICT s1 = s0 + (KC > 1 ? ks : 0);
+    const S* FG_RESTRICT s2 = s0 + (KC > 2 ? 2 * ks : 0);
+    const S* FG_RESTRICT s3 = s0 + (KC > 3 ? 3 * ks : 0);
+    for (int64_t i = 0; i < n; ++i) {
+      A v = w0 * ld(s0[i]);
+      if constexpr (KC > 1) v += w1 * ld(s1[i]);
+      if constexpr (KC > 2) v += w2 * ld(s2[i]);
+      if constexpr (KC > 3) v += w3 * ld(s3[i]);
+      if constexpr (ACC) {
+        d[i] += v;
+      } else {
+        d[i] = v;
+      }
+    }
+  }
+}
+
+template <typename S, typename A>
+FG_ALWAYS_INLINE void wsum2d(A* dst, int64_t ds, const S* src, int64_t ks, int64_t ss, const A* w, int64_t K,
+                             int64_t rows, int64_t n) {
+  if (n <= 0 || rows <= 0) return;
+  if (K == 0) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < n; ++i) dst[r * ds + i] = A(0);
+    return;
+  }
+  for (int64_t k = 0; k < K; k += 4) {
+    const int64_t kc = std::min<int64_t>(K - k, 4);
+    const S* sk = src + k * ks;
+    if (k > 0) {
+      switch (kc) {
+        case 1: wsum2d_k<1, true>(dst, ds, sk, ks, ss, w + k, rows, n); break;
+        case 2: wsum2d_k<2, true>(dst, ds, sk, ks, ss, w + k, rows, n); break;
+        case 3: wsum2d_k<3, true>(dst, ds, sk, ks, ss, w + k, rows, n); break;
+        default: wsum2d_k<4, true>(dst, ds, sk, ks, ss, w + k, rows, n); break;
+      }
+    } else {
+      switch (kc) {
+        case 1: wsum2d_k<1, false>(dst, ds, sk, ks, ss, w + k, rows, n); break;
+        case 2: wsum2d_k<2, false>(dst, ds, sk, ks, ss, w + k, rows, n); break;
+        case 3: wsum2d_k<3, false>(dst, ds, sk, ks, ss, w + k, rows, n); break;
+        default: wsum2d_k<4, false>(dst, ds, sk, ks, ss, w + k, rows, n); break;
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------- plans (built outside the clones)
 // Tap tables in the two math types.
 struct Taps {
@@ -147,22 +204,42 @@ Taps make_taps(const Upfirdn2dArgs& a) {
   return t;
 }
 
-// One horizontal sub-pass: dst[q] (+)= sum_{t < nt} k[tap0 + t * tstep] * src[off + q + t], q < n.
+// One horizontal sub-pass: dst[q] (+)= sum_{t < nt} w[t] src[off + q + t], q < n, for one row. Over
+// a band of rows laid out with a fixed row stride (in the buffer and in the destination) one call
+// covers every row: q runs across rows, the few entries between rows are computed and ignored.
 struct SubPass {
   int64_t off, n, nt, tap0;
-  int64_t src;  // mode 0: unused (the row buffer); mode 1: the de-interleaved input phase
-  int64_t dst;  // mode 0: the output phase; mode 1: 0 (the output row)
+  int64_t src;  // kInPhases: the de-interleaved input phase it reads
+  int64_t dst;  // kOutPhases: the output phase it writes
 };
 
 enum : int { kOutPhases = 0, kInPhases = 1, kGeneric = 2 };
 
-struct RowPlan {  // NCHW horizontal pass
+struct RowPlan {  // NCHW
   int mode = kGeneric;
-  int64_t L = 0, B = 0;  // row buffer: input column j at buf[L + j], length B, zeros outside [L, L + W)
-  int64_t nphase = 1;    // mode 0: ux output phases; mode 1: dx input phases
-  int64_t plen = 0;      // length of each phase buffer
+  int64_t L = 0, B = 0;  // buffer row: input column j at L + j; B entries used (zeros outside [L, L + W))
+  int64_t stride = 0;    // row stride of the band buffer (>= B; a multiple of dx with kInPhases)
+  int64_t ostride = 0;   // row stride of the destination: stride (kOutPhases), stride / dx (kInPhases), Wo
+  int64_t nphase = 1;    // kOutPhases: ux output phases (ox mod ux); kInPhases: dx input phases
   int64_t tstep = 1;     // tap stride of the sub-passes (ux or dx)
+  int64_t rows = 1;      // band rows
   std::vector<SubPass> subs;
+  // vertical taps of output row oy: input rows vi0[oy] + t, filter rows va0[oy] + t uy, t < vn[oy]
+  std::vector<int64_t> vi0, va0, vn;
+  // The same grouped: output rows oy0 + m step (m < count) read input rows i0 + m istep + t with
+  // filter rows a0 + t uy, t < nv (rows of one phase with all the same taps: one call per group).
+  struct VGroup {
+    int64_t oy0, step, count, i0, istep, a0, nv;
+  };
+  std::vector<VGroup> groups;
+  // sub-pass weights: filter row a (0 when separable), sub-pass s, tap t at ((a S + s) maxnt + t)
+  std::vector<float> wf;
+  std::vector<double> wd;
+  int64_t maxnt = 1;
+  template <typename A>
+  const A* w() const {
+    if constexpr (sizeof(A) == 4) return wf.data(); else return wd.data();
+  }
 };
 
 RowPlan make_row_plan(const Upfirdn2dArgs& a) {
@@ -170,6 +247,7 @@ RowPlan make_row_plan(const Upfirdn2dArgs& a) {
   const int64_t W = a.W, Wo = a.Wo, ux = a.ux, dx = a.dx, fw = a.fw, px0 = a.px0;
   // Margins beyond this (huge padding next to a huge crop) go to the bounds-checked loop instead.
   const int64_t limit = 4 * (W + Wo + fw) + 4096;
+  bool ok = false;
   if (dx == 1 && ux <= 8) {
     p.mode = kOutPhases;
     p.nphase = std::min(ux, Wo);
@@ -185,18 +263,20 @@ RowPlan make_row_plan(const Upfirdn2dArgs& a) {
       s.tap0 = b0;
       s.off = j0;  // relative to column 0; L is added below
       s.dst = r;
-      s.src = 0;
       if (s.nt > 0) {
         lo = std::min(lo, j0);
         hi = std::max(hi, j0 + s.n - 1 + s.nt);
       }
-      p.plen = std::max(p.plen, s.n);
       p.subs.push_back(s);
     }
     p.L = -lo;
     p.B = hi - lo;
-    for (auto& s : p.subs) s.off += p.L;
-    if (p.L <= limit && p.B <= limit + W) return p;
+    p.stride = p.B;  // also holds each output phase's row (a phase without taps can outrun B)
+    for (auto& s : p.subs) {
+      s.off += p.L;
+      p.stride = std::max(p.stride, s.n);
+    }
+    ok = p.L <= limit && p.B <= limit + W;
   } else if (ux == 1 && dx <= 8) {
     p.mode = kInPhases;
     p.nphase = dx;
@@ -204,7 +284,6 @@ RowPlan make_row_plan(const Upfirdn2dArgs& a) {
     p.L = std::max<int64_t>(px0, 0);
     const int64_t e0 = p.L - px0;  // buffer index of tap 0 of output 0 (>= 0)
     p.B = std::max(p.L + W, e0 + (Wo - 1) * dx + fw);
-    p.plen = (p.B + dx - 1) / dx;
     for (int64_t s = 0; s < dx; ++s) {
       SubPass sp{};
       const int64_t b0 = pos_mod(s - e0, dx);
@@ -214,24 +293,72 @@ RowPlan make_row_plan(const Upfirdn2dArgs& a) {
       sp.src = s;
       sp.off = (e0 + b0) / dx;
       sp.n = Wo;
-      sp.dst = 0;
       p.subs.push_back(sp);
     }
-    if (p.L <= limit && p.B <= limit + W) return p;
+    p.stride = (p.B + dx - 1) / dx * dx;
+    ok = p.L <= limit && p.B <= limit + W;
   }
-  RowPlan g;
-  g.mode = kGeneric;
-  g.L = 0;
-  g.B = W;
-  g.plen = Wo;
-  return g;
+  if (!ok) {
+    p.mode = kGeneric;
+    p.subs.clear();
+    p.nphase = 1;
+    p.L = 0;
+    p.B = p.stride = W;
+  }
+  p.ostride = p.mode == kOutPhases ? p.stride : (p.mode == kInPhases ? p.stride / dx : Wo);
+  // Bands of rows keep the buffers L1/L2-resident; the 2-D path runs one row at a time.
+  p.rows = a.separable ? std::clamp<int64_t>(4096 / std::max<int64_t>({p.stride, Wo, 1}), 1, 256) : 1;
+
+  p.vi0.resize(a.Ho);
+  p.va0.resize(a.Ho);
+  p.vn.resize(a.Ho);
+  for (int64_t oy = 0; oy < a.Ho; ++oy) {
+    const int64_t base = oy * a.dy - a.py0;
+    int64_t a0 = pos_mod(-base, a.uy);
+    int64_t i0 = (base + a0) / a.uy;  // exact
+    if (i0 < 0) {                      // skip the taps above the image
+      a0 += -i0 * a.uy;
+      i0 = 0;
+    }
+    const int64_t n = a0 < a.fh ? std::min((a.fh - a0 + a.uy - 1) / a.uy, a.H - i0) : 0;
+    p.vi0[oy] = i0;
+    p.va0[oy] = a0;
+    p.vn[oy] = std::max<int64_t>(n, 0);
+  }
+  // group the rows of each phase oy = r (mod P) (P: the period of the taps' pattern) into runs
+  // with the same taps and input rows advancing by a constant step
+  const int64_t P = a.uy / std::gcd(a.uy, a.dy), istep = P * a.dy / a.uy;
+  for (int64_t r = 0; r < std::min(P, a.Ho); ++r) {
+    for (int64_t oy = r; oy < a.Ho; oy += P) {
+      if (!p.groups.empty()) {
+        RowPlan::VGroup& g = p.groups.back();
+        const int64_t m = g.count;
+        if (g.step == P && g.oy0 + m * P == oy && g.a0 == p.va0[oy] && g.nv == p.vn[oy] &&
+            (g.nv == 0 || g.i0 + m * g.istep == p.vi0[oy])) {
+          ++g.count;
+          continue;
+        }
+      }
+      p.groups.push_back({oy, P, 1, p.vi0[oy], istep, p.va0[oy], p.vn[oy]});
+    }
+  }
+  const int64_t S = static_cast<int64_t>(p.subs.size()), frows = a.separable ? 1 : a.fh;
+  for (const SubPass& s : p.subs) p.maxnt = std::max(p.maxnt, s.nt);
+  p.wd.assign(frows * std::max<int64_t>(S, 1) * p.maxnt, 0.0);
+  for (int64_t r = 0; r < frows; ++r) {
+    const double* krow = a.separable ? a.kx : a.k2 + r * fw;
+    for (int64_t si = 0; si < S; ++si)
+      for (int64_t t = 0; t < p.subs[si].nt; ++t)
+        p.wd[(r * S + si) * p.maxnt + t] = krow[p.subs[si].tap0 + t * p.tstep];
+  }
+  p.wf.assign(p.wd.begin(), p.wd.end());
+  return p;
 }
 
 // Raw workspace of one dispatcher call, typed inside the clones.
 struct Workspace {
   std::vector<double> mem;
   std::vector<const void*> ptrs;
-  std::vector<int64_t> ints;
 };
 
 // ---------------------------------------------------------------------------- NCHW rows
@@ -249,58 +376,78 @@ FG_ALWAYS_INLINE void generic_row(const A* FG_RESTRICT buf, const A* krow, A* FG
   }
 }
 
-// The horizontal pass of one row: buf (row buffer, margins zero) -> phase buffers `ph` (mode 0) or
-// the output row `orow` (modes 1, 2), accumulating when `acc`.
+// Workspace layout of the NCHW path (in doubles): buf | din | ph | orow | w
+struct NchwLayout {
+  int64_t buf, din, ph, orow, w, total;
+  int64_t phase_cap;  // entries per output phase (kOutPhases) or de-interleaved input phase (kInPhases)
+};
+
+NchwLayout nchw_layout(const RowPlan& p, const Upfirdn2dArgs& a) {
+  NchwLayout l{};
+  auto up = [](int64_t v) { return (v + 15) / 16 * 16; };  // 128-byte aligned pieces
+  const int64_t band = p.rows * p.stride;
+  l.phase_cap = p.mode == kInPhases ? p.rows * p.ostride : band;
+  l.buf = 0;
+  l.din = l.buf + up(band + 16);
+  l.ph = l.din + up(p.mode == kInPhases ? band + 16 : 0);
+  l.orow = l.ph + up(p.mode == kOutPhases ? p.nphase * band + 16 : 0);
+  l.w = l.orow + up(p.mode != kOutPhases ? p.rows * p.ostride + 16 : 0);
+  l.total = l.w + up(std::max(a.fw, a.fh) + 16);
+  return l;
+}
+
+// The horizontal pass of `nr` band rows: buf -> the output phases `ph` (kOutPhases) or `orow`,
+// accumulating when `acc`. wts: the sub-passes' weights for this filter row; krow: its raw taps.
 template <typename A>
-FG_ALWAYS_INLINE void hrow(const RowPlan& p, const Upfirdn2dArgs& a, const A* krow, A* buf, A* din, A* ph, A* orow,
-                           const A** ptrs, A* w, bool acc) {
+FG_ALWAYS_INLINE void hband(const RowPlan& p, const NchwLayout& l, const Upfirdn2dArgs& a, const A* wts,
+                            const A* krow, A* buf, A* din, A* ph, A* orow, const A** ptrs, int64_t nr, bool acc) {
   if (p.mode == kGeneric) {
-    generic_row(buf, krow, orow, a.W, a.Wo, a.ux, a.dx, a.px0, a.fw, acc);
+    for (int64_t k = 0; k < nr; ++k)
+      generic_row(buf + k * p.stride, krow, orow + k * p.ostride, a.W, a.Wo, a.ux, a.dx, a.px0, a.fw, acc);
     return;
   }
-  if (p.mode == kInPhases) {  // de-interleave: din[s * plen + m] = buf[m * dx + s]
-    const int64_t dx = a.dx, plen = p.plen, B = p.B;
+  if (p.mode == kInPhases) {  // de-interleave: din[s * cap + m] = buf[m * dx + s]
+    const int64_t dx = a.dx, cap = l.phase_cap, cnt = nr * p.ostride;
     if (dx == 2) {
       A* FG_RESTRICT d0 = din;
-      A* FG_RESTRICT d1 = din + plen;
+      A* FG_RESTRICT d1 = din + cap;
       const A* FG_RESTRICT bb = buf;
-      const int64_t full = B / 2;
-      for (int64_t m = 0; m < full; ++m) {
+      for (int64_t m = 0; m < cnt; ++m) {
         d0[m] = bb[2 * m];
         d1[m] = bb[2 * m + 1];
       }
-      if (B & 1) d0[full] = bb[B - 1];
     } else {
       for (int64_t s = 0; s < dx; ++s) {
-        A* FG_RESTRICT d = din + s * plen;
+        A* FG_RESTRICT d = din + s * cap;
         const A* FG_RESTRICT bb = buf + s;
-        const int64_t cnt = (B - s + dx - 1) / dx;
         for (int64_t m = 0; m < cnt; ++m) d[m] = bb[m * dx];
       }
     }
   }
   bool first = !acc;
-  for (const SubPass& s : p.subs) {
-    const A* src = p.mode == kInPhases ? din + s.src * p.plen + s.off : buf + s.off;
-    A* dst = p.mode == kInPhases ? orow : ph + s.dst * p.plen;
-    for (int64_t t = 0; t < s.nt; ++t) {
-      ptrs[t] = src + t;
-      w[t] = krow[s.tap0 + t * p.tstep];
-    }
-    wsum(dst, ptrs, w, s.nt, s.n, p.mode == kInPhases ? !first : acc);
-    if (p.mode == kInPhases) first = false;
+  const int64_t S = static_cast<int64_t>(p.subs.size());
+  for (int64_t si = 0; si < S; ++si) {
+    const SubPass& s = p.subs[si];
+    const bool in = p.mode == kInPhases;
+    const A* src = in ? din + s.src * l.phase_cap + s.off : buf + s.off;
+    A* dst = in ? orow : ph + s.dst * l.phase_cap;
+    for (int64_t t = 0; t < s.nt; ++t) ptrs[t] = src + t;
+    wsum(dst, ptrs, wts + si * p.maxnt, s.nt, (nr - 1) * p.ostride + s.n, in ? !first : acc);
+    first = false;
   }
-  if (p.mode == kInPhases && first) wsum(orow, ptrs, w, 0, a.Wo, false);  // no taps at all: zeros
+  if (p.mode == kInPhases && S == 0 && !acc) wsum(orow, ptrs, wts, 0, (nr - 1) * p.ostride + a.Wo, false);
 }
 
-// Store one output row (from the phase buffers or orow) as T, interleaving the output phases.
+// Store output row k of the band as T, interleaving the output phases.
 template <typename T, typename A>
-FG_ALWAYS_INLINE void emit_row(const RowPlan& p, const A* ph, const A* orow, T* FG_RESTRICT dst, int64_t Wo) {
+FG_ALWAYS_INLINE void emit_row(const RowPlan& p, const NchwLayout& l, const A* ph, const A* orow, int64_t k,
+                               T* FG_RESTRICT dst, int64_t Wo) {
   if (p.mode == kOutPhases && p.nphase > 1) {
     const int64_t ux = p.tstep;  // output phase r holds the columns ox = r (mod ux)
+    const A* base = ph + k * p.stride;
     if (ux == 2) {
-      const A* FG_RESTRICT p0 = ph;
-      const A* FG_RESTRICT p1 = ph + p.plen;
+      const A* FG_RESTRICT p0 = base;
+      const A* FG_RESTRICT p1 = base + l.phase_cap;
       const int64_t pairs = Wo / 2;
       for (int64_t q = 0; q < pairs; ++q) {
         dst[2 * q] = Io<T>::st(p0[q]);
@@ -309,38 +456,20 @@ FG_ALWAYS_INLINE void emit_row(const RowPlan& p, const A* ph, const A* orow, T* 
       if (Wo & 1) dst[Wo - 1] = Io<T>::st(p0[pairs]);
     } else {
       for (int64_t r = 0; r < p.nphase; ++r) {
-        const A* FG_RESTRICT pr = ph + r * p.plen;
+        const A* FG_RESTRICT pr = base + r * l.phase_cap;
         const int64_t n = (Wo - r + ux - 1) / ux;
         for (int64_t q = 0; q < n; ++q) dst[r + q * ux] = Io<T>::st(pr[q]);
       }
     }
     return;
   }
-  const A* FG_RESTRICT src = p.mode == kOutPhases ? ph : orow;
+  const A* FG_RESTRICT src = p.mode == kOutPhases ? ph + k * p.stride : orow + k * p.ostride;
   for (int64_t i = 0; i < Wo; ++i) dst[i] = Io<T>::st(src[i]);
-}
-
-// Workspace layout of the NCHW path (in doubles): buf | din | ph | orow | trow | w
-struct NchwLayout {
-  int64_t buf, din, ph, orow, trow, w, total;
-};
-
-NchwLayout nchw_layout(const RowPlan& p, const Upfirdn2dArgs& a) {
-  NchwLayout l{};
-  auto up = [](int64_t v) { return (v + 15) / 16 * 16; };  // 128-byte aligned pieces
-  l.buf = 0;
-  l.din = l.buf + up(p.B + 16);
-  l.ph = l.din + up(p.mode == kInPhases ? p.nphase * p.plen + 16 : 0);
-  l.orow = l.ph + up(p.mode == kOutPhases ? p.nphase * p.plen + 16 : 0);
-  l.trow = l.orow + up(a.Wo + 16);
-  l.w = l.trow + up(a.Wo + 16);
-  l.total = l.w + up(std::max(a.fw, a.fh) + 16);
-  return l;
 }
 
 template <typename T>
 FG_ALWAYS_INLINE void nchw_rows(const Upfirdn2dArgs& a, const RowPlan& p, const Taps& taps, const NchwLayout& l,
-                                double* mem, const void** vptrs, int64_t* rtap, int64_t begin, int64_t end) {
+                                double* mem, const void** vptrs, int64_t begin, int64_t end) {
   using A = typename Io<T>::A;
   const T* FG_RESTRICT x = static_cast<const T*>(a.x);
   T* FG_RESTRICT out = static_cast<T*>(a.out);
@@ -348,55 +477,68 @@ FG_ALWAYS_INLINE void nchw_rows(const Upfirdn2dArgs& a, const RowPlan& p, const 
   A* din = reinterpret_cast<A*>(mem + l.din);
   A* ph = reinterpret_cast<A*>(mem + l.ph);
   A* orow = reinterpret_cast<A*>(mem + l.orow);
-  T* trow = reinterpret_cast<T*>(mem + l.trow);
   A* w = reinterpret_cast<A*>(mem + l.w);
   const A** hptrs = reinterpret_cast<const A**>(vptrs);
-  const T** rows = reinterpret_cast<const T**>(vptrs + a.fw + 1);
   const A* kx = taps.template x<A>();
   const A* ky = taps.template y<A>();
   const A* k2 = taps.template k<A>();
-  const int64_t H = a.H, W = a.W, Ho = a.Ho, Wo = a.Wo, C = a.C, uy = a.uy, dy = a.dy, fh = a.fh, fw = a.fw;
-  for (int64_t i = 0; i < p.B; ++i) buf[i] = A(0);
+  const A* wts = p.template w<A>();
+  const int64_t W = a.W, Ho = a.Ho, Wo = a.Wo, C = a.C, uy = a.uy, fw = a.fw, L = p.L, stride = p.stride;
+  const int64_t S = static_cast<int64_t>(p.subs.size());
+  const int64_t R = p.rows;
+  for (int64_t i = 0; i < R * stride; ++i) buf[i] = A(0);  // margins stay zero
 
   int64_t plane = begin / Ho, oy = begin % Ho;
-  for (int64_t r = begin; r < end; ++r) {
-    const T* xp = x + (plane / C) * a.sxn + (plane % C) * a.sxc;
-    T* dst = out + r * Wo;
-    T* target = a.stream_stores ? trow : dst;
-    // the input rows (and their vertical taps) that land on real samples
-    const int64_t base = oy * dy - a.py0;
-    int64_t nv = 0;
-    for (int64_t av = pos_mod(-base, uy); av < fh; av += uy) {
-      const int64_t i = (base + av) / uy;  // exact
-      if (i < 0) continue;
-      if (i >= H) break;
-      rows[nv] = xp + i * a.sxh;
-      rtap[nv] = av;
-      ++nv;
-    }
-    if (nv == 0) {
-      for (int64_t i = 0; i < Wo; ++i) target[i] = Io<T>::st(A(0));
-    } else if (a.separable) {
-      for (int64_t t = 0; t < nv; ++t) w[t] = ky[rtap[t]];
-      wsum(buf + p.L, rows, w, nv, W, false);
-      hrow(p, a, kx, buf, din, ph, orow, hptrs, w, false);
-      emit_row(p, ph, orow, target, Wo);
-    } else {
-      for (int64_t t = 0; t < nv; ++t) {
-        const T* FG_RESTRICT xr = rows[t];
-        A* FG_RESTRICT bl = buf + p.L;
-        for (int64_t j = 0; j < W; ++j) bl[j] = ld(xr[j]);
-        hrow(p, a, k2 + rtap[t] * fw, buf, din, ph, orow, hptrs, w, t > 0);
-      }
-      emit_row(p, ph, orow, target, Wo);
-    }
-    if (a.stream_stores) stream_store(dst, trow, Wo);
+  const T* xp = x + (plane / C) * a.sxn + (plane % C) * a.sxc;
+  auto advance = [&]() FG_LAMBDA_INLINE {
     if (++oy == Ho) {
       oy = 0;
       ++plane;
+      xp = x + (plane / C) * a.sxn + (plane % C) * a.sxc;
+    }
+  };
+  for (int64_t r0 = begin; r0 < end; r0 += R) {
+    const int64_t nr = std::min(R, end - r0);
+    T* dst0 = out + r0 * Wo;
+    if (a.separable) {
+      // vertical sums of the band's rows, plane by plane, one call per group of rows
+      for (int64_t k0 = 0; k0 < nr;) {
+        const int64_t ya = oy, yb = std::min(Ho, oy + (nr - k0));
+        for (const RowPlan::VGroup& g : p.groups) {
+          const int64_t last = g.oy0 + (g.count - 1) * g.step;
+          if (last < ya || g.oy0 >= yb) continue;
+          const int64_t m0 = g.oy0 >= ya ? 0 : (ya - g.oy0 + g.step - 1) / g.step;
+          const int64_t m1 = std::min(g.count, (yb - g.oy0 + g.step - 1) / g.step);
+          if (m1 <= m0) continue;
+          const int64_t oyf = g.oy0 + m0 * g.step;
+          for (int64_t t = 0; t < g.nv; ++t) w[t] = ky[g.a0 + t * uy];
+          wsum2d(buf + (k0 + oyf - ya) * stride + L, g.step * stride, xp + (g.i0 + m0 * g.istep) * a.sxh, a.sxh,
+                 g.istep * a.sxh, w, g.nv, m1 - m0, W);
+        }
+        k0 += yb - ya;
+        oy = yb - 1;
+        advance();
+      }
+      hband(p, l, a, wts, kx, buf, din, ph, orow, hptrs, nr, false);
+      for (int64_t k = 0; k < nr; ++k) emit_row(p, l, ph, orow, k, dst0 + k * Wo, Wo);
+    } else {  // 2-D filter: one row, each of its input rows filtered with its row of taps
+      const int64_t nv = p.vn[oy];
+      if (nv == 0) {
+        for (int64_t i = 0; i < Wo; ++i) dst0[i] = Io<T>::st(A(0));
+      } else {
+        const int64_t i0 = p.vi0[oy], a0 = p.va0[oy];
+        for (int64_t t = 0; t < nv; ++t) {
+          const T* FG_RESTRICT xr = xp + (i0 + t) * a.sxh;
+          A* FG_RESTRICT bl = buf + L;
+          for (int64_t j = 0; j < W; ++j) bl[j] = ld(xr[j]);
+          const int64_t fa = a0 + t * uy;
+          hband(p, l, a, wts + fa * S * p.maxnt, k2 + fa * fw, buf, din, ph, orow, hptrs, 1, t > 0);
+        }
+        emit_row(p, l, ph, orow, 0, dst0, Wo);
+      }
+      advance();
     }
   }
-  if (a.stream_stores) stream_fence();
 }
 
 // ---------------------------------------------------------------------------- channels last
@@ -441,7 +583,7 @@ ClPlan make_cl_plan(const Upfirdn2dArgs& a) {
 }
 
 struct ClLayout {
-  int64_t tb, acc, trow, w, total;
+  int64_t tb, acc, w, total;
 };
 
 ClLayout cl_layout(const ClPlan& p, const Upfirdn2dArgs& a, int64_t cb) {
@@ -450,8 +592,7 @@ ClLayout cl_layout(const ClPlan& p, const Upfirdn2dArgs& a, int64_t cb) {
   const int64_t span = std::max<int64_t>(p.jhi - p.jlo + 1, 0);
   l.tb = 0;
   l.acc = l.tb + up(a.separable ? span * cb + 16 : 16);
-  l.trow = l.acc + up(cb + 16);
-  l.w = l.trow + up(a.stream_stores ? a.Wo * cb + 16 : 16);
+  l.w = l.acc + up(cb + 16);
   l.total = l.w + up(std::max(a.fw * a.fh, a.fw + a.fh) + 16);
   return l;
 }
@@ -465,7 +606,6 @@ FG_ALWAYS_INLINE void cl_items(const Upfirdn2dArgs& a, const ClPlan& p, const Ta
   T* FG_RESTRICT out = static_cast<T*>(a.out);
   A* tb = reinterpret_cast<A*>(mem + l.tb);
   A* acc = reinterpret_cast<A*>(mem + l.acc);
-  T* trow = reinterpret_cast<T*>(mem + l.trow);
   A* w = reinterpret_cast<A*>(mem + l.w);
   const int64_t C = a.C, H = a.H, Ho = a.Ho, Wo = a.Wo, uy = a.uy, dy = a.dy, fh = a.fh, fw = a.fw;
   const int64_t nblk = (C + cb - 1) / cb;
@@ -484,7 +624,6 @@ FG_ALWAYS_INLINE void cl_items(const Upfirdn2dArgs& a, const ClPlan& p, const Ta
     const int64_t c0 = blk * cb, ncb = std::min(cb, C - c0);
     const T* xb = x + n * a.sxn + c0;
     T* orow = out + row * Wo * C + c0;  // dense channels_last output
-    const bool stream = a.stream_stores && ncb == C;
     const int64_t base = oy * dy - a.py0;
     int64_t nv = 0;
     for (int64_t av = pos_mod(-base, uy); av < fh; av += uy) {
@@ -496,7 +635,7 @@ FG_ALWAYS_INLINE void cl_items(const Upfirdn2dArgs& a, const ClPlan& p, const Ta
       ++nv;
     }
     auto put = [&](int64_t ox, const A* v) FG_LAMBDA_INLINE {
-      T* FG_RESTRICT d = stream ? trow + ox * C : orow + ox * C;
+      T* FG_RESTRICT d = orow + ox * C;
       for (int64_t c = 0; c < ncb; ++c) d[c] = Io<T>::st(v[c]);
     };
     if (nv == 0 || span <= 0) {
@@ -538,16 +677,14 @@ FG_ALWAYS_INLINE void cl_items(const Upfirdn2dArgs& a, const ClPlan& p, const Ta
         put(ox, acc);
       }
     }
-    if (stream) stream_store(orow, trow, Wo * C);
   }
-  if (a.stream_stores) stream_fence();
 }
 
 // ---------------------------------------------------------------------------- clones
 #define FG_UFD_CLONES(SUF, T)                                                                              \
   FG_CLONES void nchw_##SUF(const Upfirdn2dArgs& a, const RowPlan& p, const Taps& t, const NchwLayout& l,  \
-                            double* mem, const void** ptrs, int64_t* it, int64_t b, int64_t e) {          \
-    nchw_rows<T>(a, p, t, l, mem, ptrs, it, b, e);                                                         \
+                            double* mem, const void** ptrs, int64_t b, int64_t e) {                        \
+    nchw_rows<T>(a, p, t, l, mem, ptrs, b, e);                                                             \
   }                                                                                                        \
   FG_CLONES void cl_##SUF(const Upfirdn2dArgs& a, const ClPlan& p, const Taps& t, const ClLayout& l,       \
                           double* mem, const void** ptrs, int64_t* it, int64_t cb, int64_t b, int64_t e) { \
@@ -569,12 +706,11 @@ void upfirdn2d_nchw(DType dt, const Upfirdn2dArgs& a, int64_t begin, int64_t end
   Workspace ws;
   ws.mem.assign(l.total, 0.0);
   ws.ptrs.assign(2 * (a.fw + a.fh) + 8, nullptr);
-  ws.ints.assign(a.fh + 1, 0);
   switch (dt) {
-    case DType::Float32: nchw_f32(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ws.ints.data(), begin, end); break;
-    case DType::Float16: nchw_f16(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ws.ints.data(), begin, end); break;
-    case DType::BFloat16: nchw_bf16(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ws.ints.data(), begin, end); break;
-    case DType::Float64: nchw_f64(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ws.ints.data(), begin, end); break;
+    case DType::Float32: nchw_f32(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), begin, end); break;
+    case DType::Float16: nchw_f16(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), begin, end); break;
+    case DType::BFloat16: nchw_bf16(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), begin, end); break;
+    case DType::Float64: nchw_f64(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), begin, end); break;
   }
 }
 
@@ -586,12 +722,12 @@ void upfirdn2d_cl(DType dt, const Upfirdn2dArgs& a, int64_t cblock, int64_t begi
   Workspace ws;
   ws.mem.assign(l.total, 0.0);
   ws.ptrs.assign(a.fh + 1 + a.fw * a.fh + a.fw + 8, nullptr);
-  ws.ints.assign(a.fh + 1, 0);
+  std::vector<int64_t> ints(a.fh + 1, 0);
   switch (dt) {
-    case DType::Float32: cl_f32(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ws.ints.data(), cblock, begin, end); break;
-    case DType::Float16: cl_f16(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ws.ints.data(), cblock, begin, end); break;
-    case DType::BFloat16: cl_bf16(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ws.ints.data(), cblock, begin, end); break;
-    case DType::Float64: cl_f64(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ws.ints.data(), cblock, begin, end); break;
+    case DType::Float32: cl_f32(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ints.data(), cblock, begin, end); break;
+    case DType::Float16: cl_f16(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ints.data(), cblock, begin, end); break;
+    case DType::BFloat16: cl_bf16(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ints.data(), cblock, begin, end); break;
+    case DType::Float64: cl_f64(a, p, taps, l, ws.mem.data(), ws.ptrs.data(), ints.data(), cblock, begin, end); break;
   }
 }
 

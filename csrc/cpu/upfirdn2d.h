@@ -31,7 +31,6 @@ struct Upfirdn2dArgs {
   const double* kx;
   const double* ky;
   const double* k2;
-  bool stream_stores;  // write the output with non-temporal stores (working set > last-level cache)
 };
 
 // NCHW: output rows [begin, end) of the N*C*Ho output rows (row r: plane r / Ho, output row r % Ho).
