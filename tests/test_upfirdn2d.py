@@ -197,7 +197,8 @@ def test_half_precision_accumulates_in_fp32(dtype):
             err = (y.double() - want).abs()
             bound = 0.5 * ulp + 1e-6 * mag + 1e-30
             worst = (err / bound).max().item()
-            assert worst <= 1.0, f"{dtype} {layout} up {up} down {down} f {tuple(f.shape)}: error {worst:.2f}x the bound"
+            assert worst <= 1.0, \
+                f"{dtype} {layout} up {up} down {down} f {tuple(f.shape)}: error {worst:.2f}x the bound"
 
 
 @pytest.mark.parametrize("impl", ["torch"] + (["cpp"] if HAVE_CPP else []))
