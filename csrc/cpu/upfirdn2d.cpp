@@ -1,18 +1,22 @@
 // CPU kernels of upfirdn2d (see upfirdn2d.h). Direct polyphase computation, no materialised
 // upsampled / padded image.
 //
-// NCHW (rows contiguous, vectorised along W). One output row at a time, from an L1-resident row
-// buffer holding one input-width row with zero margins on both sides (so the tap loops need no
-// bounds checks):
+// NCHW (rows unit-stride, vectorised along W). Output rows are processed in bands of consecutive
+// rows (across planes), each input-width row of the band in an L1-resident buffer with zero margins
+// on both sides (so the tap loops need no bounds checks):
 //   separable filter: the vertical pass sums the ceil(fh / uy) input rows that land on real samples
-//     into the buffer (fp32 math), then one horizontal polyphase pass produces the output row;
-//   2-D filter: each of those input rows is converted into the buffer and filtered horizontally
-//     with its row of taps, accumulating.
-// The horizontal pass is a few "sub-passes" dst[q] (+)= sum_t w[t] src[off + q + t]: with dx = 1
-// one per output phase (ox mod ux; the phases are interleaved when the row is stored), with
+//     into the band, one call per group of rows with the same taps (a phase of oy: output rows
+//     oy0 + m P read input rows i0 + m istep + t); then one horizontal polyphase pass per band;
+//   2-D filter: one row at a time, each of its input rows converted into the buffer and filtered
+//     horizontally with its row of taps, accumulating.
+// The horizontal pass is a few "sub-passes" dst[q] (+)= sum_t w[t] src[off + q + t], each one call
+// over the whole band (the band's rows have one stride in the buffer and the destination): with
+// dx = 1 one per output phase (ox mod ux; the phases are interleaved when the row is stored), with
 // ux = 1 and dx > 1 one per input phase (the buffer de-interleaved by ox mod dx first, so only the
-// kept outputs are computed and every load is unit-stride); both up and down on one axis, or huge
-// margins, use a bounds-checked scalar loop.
+// kept outputs are computed and every load is unit-stride); up and down on one axis, factors above
+// 8, or huge margins (huge padding next to a huge crop) use a bounds-checked scalar loop.
+// Plain stores: non-temporal stores were measured slower (fresh output pages are zeroed by the
+// kernel just before the kernel writes them, so their lines are already cached).
 //
 // Channels last (C contiguous, vectorised across C): one output row of a block of channels per
 // work item; separable: vertical sums of the needed input columns into a buffer, then per output
@@ -20,8 +24,8 @@
 // straight from x. The per-column tap lists are built once per call.
 //
 // Every hot loop is an always_inline helper instantiated in the FG_CLONES entry points (AVX-512,
-// AVX2, baseline), which receive all their buffers from the plain dispatchers (no library code
-// runs inside a clone except inlined templates).
+// AVX2, baseline), which receive all their buffers and plans from the plain dispatchers (a clone
+// calls no other function of this file; GCC may still call libc's memcpy for plain copies).
 #include "upfirdn2d.h"
 
 #include <algorithm>
