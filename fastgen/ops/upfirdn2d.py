@@ -199,7 +199,7 @@ def upfirdn2d_reference(x: torch.Tensor, f: Optional[torch.Tensor], up: IntOrPai
         ho, wo = output_size(h, w, fw, fh, (ux, uy), (dx, dy), (px0, px1, py0, py1))
         fully, fullx = (h - 1) * uy + fh, (w - 1) * ux + fw
         cy, cx = max(0, min(sy, fully - sy - ho)), max(0, min(sx, fullx - sx - wo))
-        z = F.conv_transpose2d(z, wt[None, None].expand(c, 1, fh, fw), stride=(uy, ux), padding=(cy, cx), groups=c)
+        z = F.conv_transpose2d(z, wt[None, None].repeat(c, 1, 1, 1), stride=(uy, ux), padding=(cy, cx), groups=c)
         z = _window(_window(z, 2, sy - cy, ho), 3, sx - cx, wo)
         return z.to(x.dtype)
     if ux > 1 or uy > 1:
@@ -209,7 +209,7 @@ def upfirdn2d_reference(x: torch.Tensor, f: Optional[torch.Tensor], up: IntOrPai
     if f is None:
         return z[:, :, ::dy, ::dx].mul(gain).to(x.dtype)
     wc = k if flip_filter else k.flip([0, 1])  # conv2d correlates; a convolution flips the filter
-    z = F.conv2d(z, wc[None, None].expand(c, 1, fh, fw), stride=(dy, dx), groups=c)
+    z = F.conv2d(z, wc[None, None].repeat(c, 1, 1, 1), stride=(dy, dx), groups=c)
     return z.to(x.dtype)
 
 
