@@ -219,6 +219,23 @@ struct SubPass {
 
 enum : int { kOutPhases = 0, kInPhases = 1, kGeneric = 2 };
 
+// The vertical taps of output row oy that land on real samples: input rows i0 + t with filter rows
+// a0 + t uy, t < n.
+struct VTaps {
+  int64_t i0, a0, n;
+};
+FG_ALWAYS_INLINE VTaps vert_taps(const Upfirdn2dArgs& a, int64_t oy) {
+  const int64_t base = oy * a.dy - a.py0;
+  int64_t a0 = pos_mod(-base, a.uy);
+  int64_t i0 = (base + a0) / a.uy;  // exact
+  if (i0 < 0) {                      // skip the taps above the image
+    a0 += -i0 * a.uy;
+    i0 = 0;
+  }
+  const int64_t n = a0 < a.fh ? std::min((a.fh - a0 + a.uy - 1) / a.uy, a.H - i0) : 0;
+  return {i0, a0, std::max<int64_t>(n, 0)};
+}
+
 struct RowPlan {  // NCHW
   int mode = kGeneric;
   int64_t L = 0, B = 0;  // buffer row: input column j at L + j; B entries used (zeros outside [L, L + W))
@@ -228,9 +245,7 @@ struct RowPlan {  // NCHW
   int64_t tstep = 1;     // tap stride of the sub-passes (ux or dx)
   int64_t rows = 1;      // band rows
   std::vector<SubPass> subs;
-  // vertical taps of output row oy: input rows vi0[oy] + t, filter rows va0[oy] + t uy, t < vn[oy]
-  std::vector<int64_t> vi0, va0, vn;
-  // The same grouped: output rows oy0 + m step (m < count) read input rows i0 + m istep + t with
+  // Vertical taps (vert_taps) grouped: output rows oy0 + m step (m < count) read input rows i0 + m istep + t with
   // filter rows a0 + t uy, t < nv (rows of one phase with all the same taps: one call per group).
   struct VGroup {
     int64_t oy0, step, count, i0, istep, a0, nv;
@@ -313,37 +328,22 @@ RowPlan make_row_plan(const Upfirdn2dArgs& a) {
   // Bands of rows keep the buffers L1/L2-resident; the 2-D path runs one row at a time.
   p.rows = a.separable ? std::clamp<int64_t>(4096 / std::max<int64_t>({p.stride, Wo, 1}), 1, 256) : 1;
 
-  p.vi0.resize(a.Ho);
-  p.va0.resize(a.Ho);
-  p.vn.resize(a.Ho);
-  for (int64_t oy = 0; oy < a.Ho; ++oy) {
-    const int64_t base = oy * a.dy - a.py0;
-    int64_t a0 = pos_mod(-base, a.uy);
-    int64_t i0 = (base + a0) / a.uy;  // exact
-    if (i0 < 0) {                      // skip the taps above the image
-      a0 += -i0 * a.uy;
-      i0 = 0;
-    }
-    const int64_t n = a0 < a.fh ? std::min((a.fh - a0 + a.uy - 1) / a.uy, a.H - i0) : 0;
-    p.vi0[oy] = i0;
-    p.va0[oy] = a0;
-    p.vn[oy] = std::max<int64_t>(n, 0);
-  }
   // group the rows of each phase oy = r (mod P) (P: the period of the taps' pattern) into runs
   // with the same taps and input rows advancing by a constant step
   const int64_t P = a.uy / std::gcd(a.uy, a.dy), istep = P * a.dy / a.uy;
   for (int64_t r = 0; r < std::min(P, a.Ho); ++r) {
     for (int64_t oy = r; oy < a.Ho; oy += P) {
+      const VTaps v = vert_taps(a, oy);
       if (!p.groups.empty()) {
         RowPlan::VGroup& g = p.groups.back();
         const int64_t m = g.count;
-        if (g.step == P && g.oy0 + m * P == oy && g.a0 == p.va0[oy] && g.nv == p.vn[oy] &&
-            (g.nv == 0 || g.i0 + m * g.istep == p.vi0[oy])) {
+        if (g.step == P && g.oy0 + m * P == oy && g.a0 == v.a0 && g.nv == v.n &&
+            (g.nv == 0 || g.i0 + m * g.istep == v.i0)) {
           ++g.count;
           continue;
         }
       }
-      p.groups.push_back({oy, P, 1, p.vi0[oy], istep, p.va0[oy], p.vn[oy]});
+      p.groups.push_back({oy, P, 1, v.i0, istep, v.a0, v.n});
     }
   }
   const int64_t S = static_cast<int64_t>(p.subs.size()), frows = a.separable ? 1 : a.fh;
@@ -471,6 +471,31 @@ FG_ALWAYS_INLINE void emit_row(const RowPlan& p, const NchwLayout& l, const A* p
   for (int64_t i = 0; i < Wo; ++i) dst[i] = Io<T>::st(src[i]);
 }
 
+// Vertical sums of band rows [0, nr) starting at output row oy of the current plane, one wsum2d per
+// group of rows (stepping through planes with `advance`); row k goes to buf + k stride + col0.
+template <typename T, typename A, typename Adv>
+FG_ALWAYS_INLINE void vertical_band(const Upfirdn2dArgs& a, const RowPlan& p, const A* ky, A* buf, int64_t col0,
+                                    A* w, const T*& xp, int64_t& oy, Adv& advance, int64_t nr) {
+  const int64_t Ho = a.Ho, stride = p.stride;
+  for (int64_t k0 = 0; k0 < nr;) {
+    const int64_t ya = oy, yb = std::min(Ho, oy + (nr - k0));
+    for (const RowPlan::VGroup& g : p.groups) {
+      const int64_t last = g.oy0 + (g.count - 1) * g.step;
+      if (last < ya || g.oy0 >= yb) continue;
+      const int64_t m0 = g.oy0 >= ya ? 0 : (ya - g.oy0 + g.step - 1) / g.step;
+      const int64_t m1 = std::min(g.count, (yb - g.oy0 + g.step - 1) / g.step);
+      if (m1 <= m0) continue;
+      const int64_t oyf = g.oy0 + m0 * g.step;
+      for (int64_t t = 0; t < g.nv; ++t) w[t] = ky[g.a0 + t * a.uy];
+      wsum2d(buf + (k0 + oyf - ya) * stride + col0, g.step * stride, xp + (g.i0 + m0 * g.istep) * a.sxh, a.sxh,
+             g.istep * a.sxh, w, g.nv, m1 - m0, a.W);
+    }
+    k0 += yb - ya;
+    oy = yb - 1;
+    advance();
+  }
+}
+
 template <typename T>
 FG_ALWAYS_INLINE void nchw_rows(const Upfirdn2dArgs& a, const RowPlan& p, const Taps& taps, const NchwLayout& l,
                                 double* mem, const void** vptrs, int64_t begin, int64_t end) {
@@ -505,32 +530,16 @@ FG_ALWAYS_INLINE void nchw_rows(const Upfirdn2dArgs& a, const RowPlan& p, const 
     const int64_t nr = std::min(R, end - r0);
     T* dst0 = out + r0 * Wo;
     if (a.separable) {
-      // vertical sums of the band's rows, plane by plane, one call per group of rows
-      for (int64_t k0 = 0; k0 < nr;) {
-        const int64_t ya = oy, yb = std::min(Ho, oy + (nr - k0));
-        for (const RowPlan::VGroup& g : p.groups) {
-          const int64_t last = g.oy0 + (g.count - 1) * g.step;
-          if (last < ya || g.oy0 >= yb) continue;
-          const int64_t m0 = g.oy0 >= ya ? 0 : (ya - g.oy0 + g.step - 1) / g.step;
-          const int64_t m1 = std::min(g.count, (yb - g.oy0 + g.step - 1) / g.step);
-          if (m1 <= m0) continue;
-          const int64_t oyf = g.oy0 + m0 * g.step;
-          for (int64_t t = 0; t < g.nv; ++t) w[t] = ky[g.a0 + t * uy];
-          wsum2d(buf + (k0 + oyf - ya) * stride + L, g.step * stride, xp + (g.i0 + m0 * g.istep) * a.sxh, a.sxh,
-                 g.istep * a.sxh, w, g.nv, m1 - m0, W);
-        }
-        k0 += yb - ya;
-        oy = yb - 1;
-        advance();
-      }
+      vertical_band<T>(a, p, ky, buf, L, w, xp, oy, advance, nr);
       hband(p, l, a, wts, kx, buf, din, ph, orow, hptrs, nr, false);
       for (int64_t k = 0; k < nr; ++k) emit_row(p, l, ph, orow, k, dst0 + k * Wo, Wo);
     } else {  // 2-D filter: one row, each of its input rows filtered with its row of taps
-      const int64_t nv = p.vn[oy];
+      const VTaps v = vert_taps(a, oy);
+      const int64_t nv = v.n;
       if (nv == 0) {
         for (int64_t i = 0; i < Wo; ++i) dst0[i] = Io<T>::st(A(0));
       } else {
-        const int64_t i0 = p.vi0[oy], a0 = p.va0[oy];
+        const int64_t i0 = v.i0, a0 = v.a0;
         for (int64_t t = 0; t < nv; ++t) {
           const T* FG_RESTRICT xr = xp + (i0 + t) * a.sxh;
           A* FG_RESTRICT bl = buf + L;
