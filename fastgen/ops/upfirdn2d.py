@@ -178,8 +178,9 @@ def upfirdn2d_reference(x: torch.Tensor, f: Optional[torch.Tensor], up: IntOrPai
     315 ms; the same held for 6-, 8- and 12-tap filters (fewer passes over memory matter more than
     the extra taps). For 2x upsampling, conv_transpose2d with the 2-D filter beats zero insertion +
     conv2d: (16, 512, 16, 16) 43 vs 102 ms (separable: 182), (16, 128, 64, 64) 180 vs 421 ms.
-    Flattening N*C into the batch with a single channel was 2-4x slower than ``groups=C``, and a
-    stride-0 ``expand``-ed weight no faster than ``repeat`` (kept contiguous, as StyleGAN2-ADA does).
+    Flattening N*C into the batch with a single channel was 2-4x slower than ``groups=C``. The
+    depthwise weight is a contiguous ``repeat`` as in StyleGAN2-ADA's reference (a stride-0
+    ``expand`` measured the same or, in one conv2d-with-grad case, slower).
     """
     (ux, uy), (dx, dy), (px0, px1, py0, py1) = _pair(up, "up", 1), _pair(down, "down", 1), parse_padding(padding)
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
