@@ -6,6 +6,8 @@
     fastgen train ddpm ...    train a diffusion U-Net (torchrun-compatible; see fastgen.train.commands)
     fastgen train stylegan .. train a StyleGAN2 / StyleGAN (torchrun-compatible)
     fastgen sample ...        a PNG grid of samples from a training checkpoint (diffusion or GAN)
+    fastgen bench [options]   run the benchmark suite (or read its JSON) and write a markdown report and
+                              a PNG chart of the speedups (see fastgen.report)
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import json
 import os
 import platform
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -205,6 +208,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import report
+
+    def fail(msg) -> int:
+        print(f"fastgen bench: error: {' '.join(str(msg).split())}", file=sys.stderr)
+        return 1
+
+    if args.from_json:
+        files = [Path(f) for f in args.from_json]
+        command = ""
+    else:
+        json_path = Path(args.json or "fastgen_bench.json")
+        try:
+            cmd = report.benchmark_command(json_path, keyword=args.k)
+        except FileNotFoundError as exc:
+            return fail(exc)
+        print("fastgen bench: " + " ".join(cmd), flush=True)
+        rc, files = report.run_benchmarks(json_path, keyword=args.k, thp_rerun=not args.no_thp)
+        if not files:
+            return fail(f"the benchmark run (exit status {rc}) wrote no JSON; see its output above")
+        command = "python -m pytest benchmarks/ --benchmark-only" + (f" -k {args.k!r}" if args.k else "")
+        if rc not in (0, 5):
+            print(f"fastgen bench: warning: the benchmark run exited with status {rc}; reporting what it wrote",
+                  file=sys.stderr)
+    rows, machine = [], ""
+    try:
+        for f in files:
+            data = report.load_benchmark_json(f)
+            rows += report.benchmark_rows(data)
+            machine = machine or report.machine_summary(data)
+    except report.ReportError as exc:
+        return fail(f"--from-json {exc}" if args.from_json else exc)
+    text = report.markdown_report(rows, machine=machine, command=command)
+    print(text)
+    try:
+        if args.report:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.report).write_text(text + "\n", encoding="utf-8")
+            print(f"wrote {args.report}")
+        if args.chart:
+            w, h = report.speedup_chart(rows, args.chart)
+            print(f"wrote {args.chart} ({w}x{h})")
+    except OSError as exc:
+        return fail(exc)
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: fused kernels for generative image models.")
@@ -230,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--impl", choices=backend.IMPLS + ("auto",), default=None,
                         help="force the ddim_step implementation (default: automatic)")
     p_demo.set_defaults(func=cmd_demo, subparser=p_demo)
+
+    p_bench = sub.add_parser("bench", help="run the benchmark suite and write a performance report",
+                             description="Run `pytest benchmarks/ --benchmark-only` (a source checkout) or read "
+                                         "pytest-benchmark JSON (--from-json), then print a markdown table of "
+                                         "fastgen vs eager PyTorch and torch.compile, and optionally write it "
+                                         "(--report) and a PNG chart of the speedups (--chart).")
+    p_bench.add_argument("--json", default=None, metavar="FILE",
+                         help="where the run writes pytest-benchmark JSON (default fastgen_bench.json; the CPU "
+                              "huge-page re-run writes FILE.thp.json next to it)")
+    p_bench.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
+                         help="report existing pytest-benchmark JSON file(s) instead of running the suite")
+    p_bench.add_argument("--report", default=None, metavar="FILE.md", help="write the markdown report here")
+    p_bench.add_argument("--chart", default=None, metavar="FILE.png", help="write a PNG bar chart of the speedups")
+    p_bench.add_argument("-k", default=None, metavar="EXPR", help="only benchmarks matching this pytest -k expression")
+    p_bench.add_argument("--no-thp", action="store_true",
+                         help="skip the suite's CPU re-run under THP_MEM_ALLOC_ENABLE=1")
+    p_bench.set_defaults(func=cmd_bench, subparser=p_bench)
 
     from .train.commands import add_parsers
     add_parsers(sub)
