@@ -190,15 +190,6 @@ _COLOURS = {"eager": (214, 96, 77), "compile": (67, 147, 195)}
 _EXTRA_COLOURS = [(120, 180, 90), (160, 110, 190), (230, 170, 60), (110, 110, 110)]
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def speedup_chart(rows: Sequence[Dict[str, Any]], path: PathLike, *, title: str = "fastgen speedup",
                   max_rows: int = 80) -> Tuple[int, int]:
     """A horizontal bar chart of fastgen's speedup over each baseline, one group of bars per
@@ -206,6 +197,8 @@ def speedup_chart(rows: Sequence[Dict[str, Any]], path: PathLike, *, title: str 
     PNG at ``path`` (parent folders created); returns (width, height)."""
     from PIL import Image, ImageDraw
 
+    from .images import pil_font as _font
+    from .images import pil_to_pixels as _to_tensor
     from .images import save_png
 
     items = [r for r in rows if any(b["speedup"] for b in r["baselines"].values())][:max_rows]
@@ -276,12 +269,6 @@ def speedup_chart(rows: Sequence[Dict[str, Any]], path: PathLike, *, title: str 
     d.text((left, height - 18), "speedup = baseline time / fastgen time (log scale; right of the bold line "
            "fastgen is faster)", fill=(80, 80, 80), font=small)
     return save_png(_to_tensor(img), path)
-
-
-def _to_tensor(img):
-    import torch
-
-    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.size[1], img.size[0], 3).clone()
 
 
 # ----------------------------------------------------------------------------- running the suite
