@@ -251,14 +251,14 @@ def save_samples_png(panels: Dict[str, torch.Tensor], path: Union[str, Path], nc
     return save_png(_to_tensor(canvas), path)
 
 
-def save_loss_png(panels: Dict[str, Dict[str, List[tuple]]], path: Union[str, Path]) -> tuple:
-    """Loss curves (``{panel title: {curve name: [(step, value), ...]}}``) side by side as one PNG."""
+def save_loss_png(panels: Dict[str, tuple], path: Union[str, Path]) -> tuple:
+    """Loss curves side by side as one PNG: ``{panel title: ({curve name: [(step, value), ...]}, log_y)}``."""
     from PIL import Image
 
     from .images import line_plot, save_png
     from .images import pil_to_pixels as _to_tensor
 
-    ims = [line_plot(curves, title=title, xlabel="step") for title, curves in panels.items()]
+    ims = [line_plot(curves, title=title, xlabel="step", log_y=log_y) for title, (curves, log_y) in panels.items()]
     canvas = Image.new("RGB", (sum(i.width for i in ims), max(i.height for i in ims)), "white")
     x = 0
     for im in ims:
@@ -341,8 +341,8 @@ def run_training_demo(minutes: float = DEFAULT_MINUTES, out: Union[str, Path] = 
     samples_size = save_samples_png({f"diffusion (DDIM {steps} steps, CFG {GUIDANCE:g})": diff_samples.cpu(),
                                      "DCGAN (EMA generator)": gan_samples.cpu()}, samples_png, data.num_classes)
     losses_png = out / "losses.png"
-    losses_size = save_loss_png({"diffusion U-Net: loss": _curves(diff_hist, ["loss"]),
-                                 "DCGAN: losses": _curves(gan_hist, ["d", "g"])}, losses_png)
+    losses_size = save_loss_png({"diffusion U-Net: loss (log scale)": (_curves(diff_hist, ["loss"]), True),
+                                 "DCGAN: hinge losses of D and G": (_curves(gan_hist, ["d", "g"]), False)}, losses_png)
 
     log("  measuring fastgen vs plain PyTorch (use_backend('torch')) on fresh copies of the networks ...")
     speed = measure_speed(data, size, seed, dev, rounds=1 if quick else 5, sample_images=n_img,
