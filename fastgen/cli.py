@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                     ".png): a few-second DDIM sampling run with the embedded dataset's exact Bayes denoiser, "
                     "the fused update checked and timed against plain PyTorch, written to one PNG.")
     p_demo.add_argument("--minutes", type=float, default=None,
-                        help="training demo: time budget in minutes, about half for the diffusion model, a third "
+                        help="training demo: time budget in minutes, about 60%% for the diffusion model, 25%% "
                              "for the GAN, the rest for sampling and the speed comparison (default 3)")
     p_demo.add_argument("--out", default=None,
                         help="training demo: output folder (default fastgen_demo/); quick demo: the PNG "

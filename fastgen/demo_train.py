@@ -7,9 +7,9 @@ Nothing is downloaded. The steps:
    (:func:`fastgen.data.shapes_dataset`), 16x16 by default;
 2. a class-conditional diffusion model, fastgen's tiny U-Net preset (1.2M parameters at 16 px),
    trained with :class:`fastgen.train.DiffusionTrainer` (AdamW, warm-up, EMA, gradient clipping)
-   for about half of the time budget, with a tqdm bar;
+   for about 60% of the time budget, with a tqdm bar;
 3. a class-conditional DCGAN (projection discriminator with spectral norm, hinge loss, EMA of G:
-   :class:`fastgen.gan.GANTraining` through :class:`fastgen.train.GANTrainer`) for about a third;
+   :class:`fastgen.gan.GANTraining` through :class:`fastgen.train.GANTrainer`) for about a quarter;
 4. samples: the diffusion model's EMA weights with DDIM (every step one fused ``sampler_update``,
    classifier-free guidance inside the kernel) and the GAN's EMA generator, one row per class:
    ``samples.png``; the training losses: ``losses.png`` (drawn with Pillow);
@@ -40,7 +40,7 @@ from . import backend
 from .demo import DemoArgumentError
 
 DEFAULT_MINUTES = 3.0
-SPLIT = {"diffusion": 0.5, "gan": 0.35}  # of the budget; the rest: sampling and the speed comparison
+SPLIT = {"diffusion": 0.6, "gan": 0.25}  # of the budget; the rest: sampling and the speed comparison
 DATASET_COUNT = 2048
 BATCH = 64
 SAMPLE_STEPS = 25
@@ -95,13 +95,14 @@ def make_diffusion_trainer(data, size: int, seed: int, device: torch.device, ema
     from .train import DiffusionTrainer
 
     diffusion = make_diffusion(size, data.num_classes, seed)
-    return DiffusionTrainer(diffusion, data, batch_size=batch, lr=1e-3, warmup_steps=100, grad_clip=1.0,
+    return DiffusionTrainer(diffusion, data, batch_size=batch, lr=1e-3, warmup_steps=50, grad_clip=1.0,
                             ema_decay=0.999 if ema else None, seed=seed, log_every=0, progress=False,
                             guidance_scale=GUIDANCE, device=device)
 
 
 def make_gan_trainer(data, size: int, seed: int, device: torch.device, ema: bool = True, batch: int = BATCH):
-    """A class-conditional DCGAN: projection D with spectral norm, hinge loss, TTUR, EMA of G."""
+    """A class-conditional DCGAN: projection D with spectral norm, hinge loss, TTUR, EMA of G (decay
+    0.99: a run of a few hundred steps would only show the early weights through a 0.999 EMA)."""
     from .gan import GANTraining
     from .models import DCGANDiscriminator, DCGANGenerator
     from .train import GANTrainer
@@ -112,7 +113,7 @@ def make_gan_trainer(data, size: int, seed: int, device: torch.device, ema: bool
     D = DCGANDiscriminator(img_resolution=size, base_channels=32, c_dim=c, cond="projection", norm="none",
                            spectral_norm=True).to(device)
     recipe = GANTraining(G, D, batch_size=batch, loss="hinge", g_lr=2e-4, d_lr=4e-4, betas=(0.0, 0.9),
-                         ema_decay=0.999 if ema else None, generator=torch.Generator().manual_seed(seed))
+                         ema_decay=0.99 if ema else None, generator=torch.Generator().manual_seed(seed))
     return GANTrainer(recipe, data, batch_size=batch, seed=seed, log_every=0, progress=False)
 
 
@@ -143,7 +144,8 @@ def train_for(name: str, step: Callable[[], Dict[str, torch.Tensor]], seconds: f
             if now - last > 0.25 or len(history) == limit:
                 last = now
                 window = history[-20:]
-                means = {k: statistics.fmean(r[k] for r in window) for k in rec if k != "step"}
+                means = {k: statistics.fmean(r[k] for r in window) for k in rec
+                         if k != "step" and not (k.endswith("_adv") and k[:-4] in rec)}  # d_adv = d without penalty
                 bar.n = min(round(now - t0, 1), bar.total)
                 bar.set_postfix_str(f"step {len(history)}, " + ", ".join(f"{k} {v:.4f}" for k, v in means.items())
                                     + f", {len(history) / (now - t0):.1f} it/s")
@@ -306,7 +308,7 @@ def run_training_demo(minutes: float = DEFAULT_MINUTES, out: Union[str, Path] = 
     batch = 16 if quick else BATCH  # tests: small batches
     t_start = time.perf_counter()
 
-    log(f"fastgen demo: {minutes:g} min on {dev} ({torch.get_num_threads()} threads); fused kernels: "
+    log(f"fastgen demo: {minutes:g} min on {dev} ({torch.get_num_threads()} CPU threads); fused kernels: "
         f"group_norm={backend.resolve('group_norm', dev)}, sampler_update={backend.resolve('sampler_update', dev)}, "
         f"bias_act={backend.resolve('bias_act', dev)}")
     busy = _busy_warning(dev)
@@ -389,7 +391,7 @@ def _fmt_s(s: float) -> str:
 def format_training_summary(r: dict) -> str:
     d, g = r["diffusion"], r["gan"]
     lines = [
-        f"fastgen demo: done in {r['total_s']:.0f} s on {r['device']} ({r['threads']} threads)",
+        f"fastgen demo: done in {r['total_s']:.0f} s on {r['device']} ({r['threads']} thread{'s' if r['threads'] != 1 else ''})",
         f"  diffusion U-Net ({d['params'] / 1e6:.2f}M params): {d['steps']} steps of batch {d['batch']}, "
         f"loss {d['first_loss']:.4f} -> {d['last_loss']:.4f} (means of the first and last 20 steps)",
         f"  DCGAN: {g['steps']} steps of batch {g['batch']}, last D loss {g['last_d']:.4f}, G loss {g['last_g']:.4f}",
