@@ -308,7 +308,7 @@ def run_training_demo(minutes: float = DEFAULT_MINUTES, out: Union[str, Path] = 
     batch = 16 if quick else BATCH  # tests: small batches
     t_start = time.perf_counter()
 
-    log(f"fastgen demo: {minutes:g} min on {dev} ({torch.get_num_threads()} CPU threads); fused kernels: "
+    log(f"fastgen demo: {minutes:g} min on {dev} ({_threads(torch.get_num_threads())}); fused kernels: "
         f"group_norm={backend.resolve('group_norm', dev)}, sampler_update={backend.resolve('sampler_update', dev)}, "
         f"bias_act={backend.resolve('bias_act', dev)}")
     busy = _busy_warning(dev)
@@ -384,6 +384,10 @@ def _window_mean(hist: List[Dict[str, float]], key: str) -> Optional[float]:
     return statistics.fmean(vals) if vals else None
 
 
+def _threads(n: int) -> str:
+    return f"{n} CPU thread{'s' if n != 1 else ''}"
+
+
 def _fmt_s(s: float) -> str:
     return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
 
@@ -391,7 +395,7 @@ def _fmt_s(s: float) -> str:
 def format_training_summary(r: dict) -> str:
     d, g = r["diffusion"], r["gan"]
     lines = [
-        f"fastgen demo: done in {r['total_s']:.0f} s on {r['device']} ({r['threads']} thread{'s' if r['threads'] != 1 else ''})",
+        f"fastgen demo: done in {r['total_s']:.0f} s on {r['device']} ({_threads(r['threads'])})",
         f"  diffusion U-Net ({d['params'] / 1e6:.2f}M params): {d['steps']} steps of batch {d['batch']}, "
         f"loss {d['first_loss']:.4f} -> {d['last_loss']:.4f} (means of the first and last 20 steps)",
         f"  DCGAN: {g['steps']} steps of batch {g['batch']}, last D loss {g['last_d']:.4f}, G loss {g['last_g']:.4f}",

@@ -128,7 +128,12 @@ def line_plot(curves: dict, *, title: str = "", xlabel: str = "", size: tuple = 
     def px(x, y):
         return (x0 + (x - xmin) / (xmax - xmin) * (x1 - x0), y1 - (y - ymin) / (ymax - ymin) * (y1 - y0))
 
-    for t in _nice_ticks(ymin, ymax):
+    yticks = _nice_ticks(ymin, ymax)
+    if log_y:  # at 1, 2, 5 x 10^k inside the range (or the linear ticks of log10 y if none)
+        dec = [math.log10(m) + k for k in range(math.floor(ymin), math.ceil(ymax) + 1) for m in (1, 2, 5)]
+        dec = [t for t in dec if ymin <= t <= ymax]
+        yticks = dec if len(dec) >= 2 else yticks
+    for t in yticks:
         _, yy = px(xmin, t)
         d.line([x0, yy, x1, yy], fill=(232, 232, 232))
         label = f"{10 ** t:.3g}" if log_y else f"{t:.3g}"
