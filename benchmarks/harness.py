@@ -62,6 +62,23 @@ def interleaved_medians(fns: dict[str, Callable], device: torch.device, rounds: 
     return {k: statistics.median(v) for k, v in per.items()}
 
 
+def peak_memory_mb(fn: Callable, device: torch.device) -> float | None:
+    """Extra device memory (MB) one call of ``fn`` allocates at its peak, above what was allocated
+    before it (outputs included). CUDA only (``torch.cuda.max_memory_allocated``); None on CPU, where
+    the only cheap measure, the process's RSS high-water mark, is process-wide and never falls, so it
+    cannot be attributed to one contender."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = fn()
+    sync(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del out
+    return round(peak / 2**20, 2)
+
+
 def assert_outputs_close(got, want, rtol: float, atol: float, what: str) -> None:
     got = got if isinstance(got, (tuple, list)) else (got,)
     want = want if isinstance(want, (tuple, list)) else (want,)
@@ -81,7 +98,8 @@ def compare(benchmark, fastgen_fn: Callable, baselines: dict[str, Callable], *, 
     random noise, timed as users would write them, while ``check_against`` is given fastgen's), then times fastgen, every baseline and (for memory-bound ops,
     ``nbytes`` = bytes the op must move) a copy of the same working set, taking turns
     (:func:`interleaved_medians`), and records in extra_info: each median (ms), fastgen's speedup
-    over each baseline, the achieved GB/s and its percentage of the copy bandwidth.
+    over each baseline, the achieved GB/s and its percentage of the copy bandwidth, and on CUDA the
+    peak extra memory of one call of each contender (``<name>_peak_MB``, :func:`peak_memory_mb`).
     ``heavy=True`` (end-to-end cases of a second or more per call): 3 pytest-benchmark rounds
     and 3 interleaved rounds of one call each, after one warm-up call per contender.
     """
@@ -119,6 +137,9 @@ def compare(benchmark, fastgen_fn: Callable, baselines: dict[str, Callable], *, 
     for name in baselines:
         info[f"{name}_ms"] = round(t[name] * 1e3, 4)
         info[f"speedup_vs_{name}"] = round(t[name] / t_fast, 2)
+    if device.type == "cuda":  # one extra call each, after the timing (the caches are warm)
+        for name, fn in {"fastgen": fastgen_fn, **baselines}.items():
+            info[f"{name}_peak_MB"] = peak_memory_mb(fn, device)
     if nbytes:
         info["fastgen_GBps"] = round(nbytes / t_fast / 1e9, 1)
         info["copy_GBps"] = round(nbytes / t["copy"] / 1e9, 1)

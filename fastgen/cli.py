@@ -2,10 +2,14 @@
 
     fastgen info [--json]     versions, devices, the compiled extension, and which implementation
                               each fused op uses on CPU and on CUDA (and why not the others)
-    fastgen demo [options]    a few-second DDIM sampling demo on an embedded dataset (see fastgen.demo)
+    fastgen demo [options]    train a small diffusion model and a GAN on the embedded dataset for a few
+                              minutes, sample, plot, and time fused vs plain PyTorch (fastgen.demo_train);
+                              --quick: the few-second DDIM sampling demo (fastgen.demo)
     fastgen train ddpm ...    train a diffusion U-Net (torchrun-compatible; see fastgen.train.commands)
     fastgen train stylegan .. train a StyleGAN2 / StyleGAN (torchrun-compatible)
     fastgen sample ...        a PNG grid of samples from a training checkpoint (diffusion or GAN)
+    fastgen bench [options]   run the benchmark suite (or read its JSON) and write a markdown report and
+                              a PNG chart of the speedups (see fastgen.report)
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import json
 import os
 import platform
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -187,21 +192,119 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- demo
+QUICK_DEMO_FLAGS = ("steps", "num_images", "eta", "impl")
+TRAIN_DEMO_FLAGS = ("minutes", "device", "threads", "max_steps", "no_progress")
+
+
+def demo_mode(args: argparse.Namespace) -> str:
+    """``"quick"`` (the DDIM sampling demo) when ``--quick``, any of its own flags (--steps,
+    --num-images, --eta, --impl) or an ``--out`` ending in .png is given; else ``"train"``."""
+    if args.quick or any(getattr(args, f) is not None for f in QUICK_DEMO_FLAGS):
+        return "quick"
+    if args.out is not None and str(args.out).lower().endswith(".png"):
+        return "quick"
+    return "train"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    mode = demo_mode(args)
+    if mode == "quick":
+        clash = [f for f in TRAIN_DEMO_FLAGS if getattr(args, f) not in (None, False)]
+        if clash:
+            given = [flag(f) for f in QUICK_DEMO_FLAGS if getattr(args, f) is not None] or \
+                ["--quick" if args.quick else "--out *.png"]
+            args.subparser.error(f"argument {flag(clash[0])}: belongs to the training demo, but {', '.join(given)} "
+                                 "selected the quick sampling demo")
+        return _demo_quick(args, demo)
+    from . import demo_train
+
+    size = 16 if args.size is None else args.size
+    minutes = demo_train.DEFAULT_MINUTES if args.minutes is None else args.minutes
+    try:
+        demo_train.validate_train_args(minutes, size, args.device, args.seed, args.max_steps, args.threads)
+        result = demo_train.run_training_demo(minutes, args.out or "fastgen_demo", size=size, device=args.device,
+                                              seed=args.seed, max_steps=args.max_steps, threads=args.threads,
+                                              progress=not args.no_progress)
+    except demo.DemoArgumentError as exc:
+        args.subparser.error(f"argument {flag(exc.argument)}: {exc}")  # exits with status 2
+    except (backend.BackendUnavailableError, OSError) as exc:
+        print(f"fastgen demo: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(demo_train.format_training_summary(result))
+    return 0
+
+
+def _demo_quick(args: argparse.Namespace, demo) -> int:
+    steps = 25 if args.steps is None else args.steps
+    num_images = 16 if args.num_images is None else args.num_images
+    size = 32 if args.size is None else args.size
+    eta = 0.0 if args.eta is None else args.eta
+    out = args.out or "fastgen_demo.png"
     impl = None if args.impl in (None, "auto") else args.impl
     try:
-        demo.validate_args(args.steps, args.num_images, args.size, args.eta, impl)
+        demo.validate_args(steps, num_images, size, eta, impl)
     except demo.DemoArgumentError as exc:
         args.subparser.error(f"argument --{exc.argument.replace('_', '-')}: {exc}")  # exits with status 2
     try:
-        result = demo.run_demo(steps=args.steps, num_images=args.num_images, size=args.size, eta=args.eta,
-                               seed=args.seed, out=args.out, impl=impl)
+        result = demo.run_demo(steps=steps, num_images=num_images, size=size, eta=eta,
+                               seed=args.seed, out=out, impl=impl)
     except backend.BackendUnavailableError as exc:
         print(f"fastgen demo: {exc}", file=sys.stderr)
         return 1
     print(demo.format_summary(result))
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import report
+
+    def fail(msg) -> int:
+        print(f"fastgen bench: error: {' '.join(str(msg).split())}", file=sys.stderr)
+        return 1
+
+    if args.from_json:
+        files = [Path(f) for f in args.from_json]
+        command = ""
+    else:
+        json_path = Path(args.json or "fastgen_bench.json")
+        try:
+            cmd = report.benchmark_command(json_path, keyword=args.k)
+        except FileNotFoundError as exc:
+            return fail(exc)
+        print("fastgen bench: " + " ".join(cmd), flush=True)
+        rc, files = report.run_benchmarks(json_path, keyword=args.k, thp_rerun=not args.no_thp)
+        if not files:
+            return fail(f"the benchmark run (exit status {rc}) wrote no JSON; see its output above")
+        command = "python -m pytest benchmarks/ --benchmark-only" + (f" -k {args.k!r}" if args.k else "")
+        if rc not in (0, 5):
+            print(f"fastgen bench: warning: the benchmark run exited with status {rc}; reporting what it wrote",
+                  file=sys.stderr)
+    rows, machine = [], ""
+    try:
+        for f in files:
+            data = report.load_benchmark_json(f)
+            rows += report.benchmark_rows(data)
+            machine = machine or report.machine_summary(data)
+    except report.ReportError as exc:
+        return fail(f"--from-json {exc}" if args.from_json else exc)
+    text = report.markdown_report(rows, machine=machine, command=command)
+    print(text)
+    try:
+        if args.report:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.report).write_text(text + "\n", encoding="utf-8")
+            print(f"wrote {args.report}")
+        if args.chart:
+            w, h = report.speedup_chart(rows, args.chart)
+            print(f"wrote {args.chart} ({w}x{h})")
+    except OSError as exc:
+        return fail(exc)
     return 0
 
 
@@ -217,19 +320,55 @@ def build_parser() -> argparse.ArgumentParser:
     p_info.add_argument("--json", action="store_true", help="print the report as JSON")
     p_info.set_defaults(func=cmd_info, subparser=p_info)
 
-    p_demo = sub.add_parser("demo", help="a few-second DDIM sampling demo (writes a PNG)",
-                            description="DDIM sampling on a small embedded dataset with its exact Bayes "
-                                        "denoiser, with fastgen's fused update checked and timed against "
-                                        "plain PyTorch.")
-    p_demo.add_argument("--steps", type=int, default=25, help="DDIM steps, 1..1000 (default 25)")
-    p_demo.add_argument("--num-images", type=int, default=16, help="images to sample, >= 1 (default 16)")
-    p_demo.add_argument("--size", type=int, default=32, help="image size: 16, 32 or 64 (default 32)")
-    p_demo.add_argument("--eta", type=float, default=0.0, help="0 = DDIM, 1 = DDPM ancestral (default 0)")
+    p_demo = sub.add_parser(
+        "demo", help="train a small diffusion model and a GAN on the embedded dataset, sample, compare speed",
+        description="Training demo (default): train fastgen's tiny diffusion U-Net and a small DCGAN on the "
+                    "embedded shapes dataset for --minutes (nothing is downloaded), write a grid of samples "
+                    "(DDIM with the fused sampler) and the loss curves as PNGs into --out, and print how much "
+                    "faster the fused path ran than the same networks on plain PyTorch ops on this machine. "
+                    "Quick demo (--quick, or any of --steps/--num-images/--eta/--impl, or an --out ending in "
+                    ".png): a few-second DDIM sampling run with the embedded dataset's exact Bayes denoiser, "
+                    "the fused update checked and timed against plain PyTorch, written to one PNG.")
+    p_demo.add_argument("--minutes", type=float, default=None,
+                        help="training demo: time budget in minutes, about 60%% for the diffusion model, 25%% "
+                             "for the GAN, the rest for sampling and the speed comparison (default 3)")
+    p_demo.add_argument("--out", default=None,
+                        help="training demo: output folder (default fastgen_demo/); quick demo: the PNG "
+                             "(default fastgen_demo.png)")
+    p_demo.add_argument("--device", default=None,
+                        help="training demo: cpu or cuda (default: cuda when available, else cpu)")
     p_demo.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
-    p_demo.add_argument("--out", default="fastgen_demo.png", help="PNG to write (default fastgen_demo.png)")
-    p_demo.add_argument("--impl", choices=backend.IMPLS + ("auto",), default=None,
-                        help="force the ddim_step implementation (default: automatic)")
+    p_demo.add_argument("--size", type=int, default=None,
+                        help="image size: training demo 8, 16 or 32 (default 16); quick demo 16, 32 or 64 (default 32)")
+    p_demo.add_argument("--threads", type=int, default=None,
+                        help="training demo: CPU threads for torch and fastgen's kernels (default: torch's choice)")
+    p_demo.add_argument("--no-progress", action="store_true", help="training demo: no progress bars")
+    p_demo.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: cap the steps
+    q = p_demo.add_argument_group("quick sampling demo")
+    q.add_argument("--quick", action="store_true", help="run the quick DDIM sampling demo instead of training")
+    q.add_argument("--steps", type=int, default=None, help="DDIM steps, 1..1000 (default 25)")
+    q.add_argument("--num-images", type=int, default=None, help="images to sample, >= 1 (default 16)")
+    q.add_argument("--eta", type=float, default=None, help="0 = DDIM, 1 = DDPM ancestral (default 0)")
+    q.add_argument("--impl", choices=backend.IMPLS + ("auto",), default=None,
+                   help="force the ddim_step implementation (default: automatic)")
     p_demo.set_defaults(func=cmd_demo, subparser=p_demo)
+
+    p_bench = sub.add_parser("bench", help="run the benchmark suite and write a performance report",
+                             description="Run `pytest benchmarks/ --benchmark-only` (a source checkout) or read "
+                                         "pytest-benchmark JSON (--from-json), then print a markdown table of "
+                                         "fastgen vs eager PyTorch and torch.compile, and optionally write it "
+                                         "(--report) and a PNG chart of the speedups (--chart).")
+    p_bench.add_argument("--json", default=None, metavar="FILE",
+                         help="where the run writes pytest-benchmark JSON (default fastgen_bench.json; the CPU "
+                              "huge-page re-run writes FILE.thp.json next to it)")
+    p_bench.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
+                         help="report existing pytest-benchmark JSON file(s) instead of running the suite")
+    p_bench.add_argument("--report", default=None, metavar="FILE.md", help="write the markdown report here")
+    p_bench.add_argument("--chart", default=None, metavar="FILE.png", help="write a PNG bar chart of the speedups")
+    p_bench.add_argument("-k", default=None, metavar="EXPR", help="only benchmarks matching this pytest -k expression")
+    p_bench.add_argument("--no-thp", action="store_true",
+                         help="skip the suite's CPU re-run under THP_MEM_ALLOC_ENABLE=1")
+    p_bench.set_defaults(func=cmd_bench, subparser=p_bench)
 
     from .train.commands import add_parsers
     add_parsers(sub)

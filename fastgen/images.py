@@ -62,3 +62,99 @@ def save_png(pixels: torch.Tensor, path: Union[str, os.PathLike]) -> tuple[int, 
 def save_image_grid(images: torch.Tensor, path: Union[str, os.PathLike], **grid_kwargs) -> tuple[int, int]:
     """:func:`image_grid` of ``images`` written as a PNG at ``path``; returns (width, height)."""
     return save_png(image_grid(images, **grid_kwargs), path)
+
+
+# ----------------------------------------------------------------------------- drawing with Pillow
+def pil_font(size: int):
+    """Pillow's default font at ``size`` px (the fixed bitmap font on Pillow < 10.1)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def pil_to_pixels(img) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` tensor of an RGB PIL image (for :func:`save_png`)."""
+    img = img.convert("RGB")
+    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.size[1], img.size[0], 3).clone()
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+_LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+
+
+def line_plot(curves: dict, *, title: str = "", xlabel: str = "", size: tuple = (480, 320), log_y: bool = False):
+    """A PIL image of line curves ``{name: [(x, y), ...]}`` with axes, ticks and a legend (Pillow
+    only, no matplotlib). Non-finite points are skipped; ``log_y`` plots log10(y) for positive y."""
+    from PIL import Image, ImageDraw
+
+    W, H = size
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    font, small = pil_font(14), pil_font(11)
+    left, right, top, bottom = 56, 12, 28, 40
+    d.text((left, 6), title, fill="black", font=font)
+    pts = {k: [(float(x), float(y)) for x, y in v if math.isfinite(x) and math.isfinite(y) and (y > 0 or not log_y)]
+           for k, v in curves.items()}
+    if log_y:
+        pts = {k: [(x, math.log10(y)) for x, y in v] for k, v in pts.items()}
+    allp = [p for v in pts.values() for p in v]
+    x0, x1, y0, y1 = left, W - right, top, H - bottom
+    d.rectangle([x0, y0, x1, y1], outline=(160, 160, 160))
+    if not allp:
+        d.text((x0 + 10, y0 + 10), "no data", fill="black", font=small)
+        return img
+    xs, ys = [p[0] for p in allp], [p[1] for p in allp]
+    xmin, xmax = min(xs), max(xs)
+    ymin, ymax = min(ys), max(ys)
+    if xmax == xmin:
+        xmax = xmin + 1
+    if ymax == ymin:
+        ymin, ymax = ymin - 0.5, ymax + 0.5
+    pad = 0.05 * (ymax - ymin)
+    ymin, ymax = ymin - pad, ymax + pad
+
+    def px(x, y):
+        return (x0 + (x - xmin) / (xmax - xmin) * (x1 - x0), y1 - (y - ymin) / (ymax - ymin) * (y1 - y0))
+
+    yticks = _nice_ticks(ymin, ymax)
+    if log_y:  # at 1, 2, 5 x 10^k inside the range (or the linear ticks of log10 y if none)
+        dec = [math.log10(m) + k for k in range(math.floor(ymin), math.ceil(ymax) + 1) for m in (1, 2, 5)]
+        dec = [t for t in dec if ymin <= t <= ymax]
+        yticks = dec if len(dec) >= 2 else yticks
+    for t in yticks:
+        _, yy = px(xmin, t)
+        d.line([x0, yy, x1, yy], fill=(232, 232, 232))
+        label = f"{10 ** t:.3g}" if log_y else f"{t:.3g}"
+        d.text((x0 - 6 - d.textlength(label, font=small), yy - 6), label, fill="black", font=small)
+    for t in _nice_ticks(xmin, xmax):
+        xx, _ = px(t, ymin)
+        d.line([xx, y1, xx, y1 + 4], fill="black")
+        label = f"{t:g}"
+        d.text((xx - d.textlength(label, font=small) / 2, y1 + 6), label, fill="black", font=small)
+    if xlabel:
+        d.text(((x0 + x1) / 2 - d.textlength(xlabel, font=small) / 2, H - 16), xlabel, fill=(80, 80, 80), font=small)
+    ly = y0 + 6
+    for i, (name, v) in enumerate(pts.items()):
+        colour = _LINE_COLOURS[i % len(_LINE_COLOURS)]
+        line = [px(x, y) for x, y in v]
+        if len(line) > 1:
+            d.line(line, fill=colour, width=2)
+        elif line:
+            d.ellipse([line[0][0] - 2, line[0][1] - 2, line[0][0] + 2, line[0][1] + 2], fill=colour)
+        tw = d.textlength(name, font=small)
+        d.line([x1 - tw - 30, ly + 6, x1 - tw - 12, ly + 6], fill=colour, width=2)
+        d.text((x1 - tw - 8, ly), name, fill="black", font=small)
+        ly += 14
+    return img

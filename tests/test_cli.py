@@ -244,3 +244,66 @@ def test_cli_demo_unavailable_impl_is_an_error_not_a_crash(tmp_path, capsys, mon
 def test_cli_without_command_prints_usage(capsys):
     assert main([]) == 2
     assert "info" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- training demo
+def _png(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        return im.size
+
+
+def test_cli_training_demo_tiny_budget(tmp_path, capsys):
+    out = tmp_path / "demo"
+    threads = torch.get_num_threads()
+    try:  # one thread: the least hurt by other processes on a shared test machine
+        assert main(["demo", "--minutes", "0.02", "--max-steps", "2", "--size", "8", "--out", str(out),
+                     "--no-progress", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    text = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert 1 <= summary["diffusion"]["steps"] <= 2 and 1 <= summary["gan"]["steps"] <= 2
+    assert _png(out / "samples.png") == tuple(summary["samples_png_size"])
+    assert _png(out / "losses.png") == tuple(summary["losses_png_size"])
+    assert set(summary["speed"]) == {"diffusion training step", "DDIM sampling (8 images, 2 steps, CFG)",
+                                     "GAN training step"}
+    for case, s in summary["speed"].items():
+        assert s["fastgen_s"] > 0 and s["torch_s"] > 0 and s["speedup"] == pytest.approx(s["torch_s"] / s["fastgen_s"])
+        assert re.search(rf"{re.escape(case)}: .* vs .* -> \d+\.\d\dx", text), text
+    assert f"wrote {out / 'samples.png'}" in text
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--minutes", "0"], "--minutes"), (["--minutes", "nan"], "--minutes"), (["--size", "64"], "--size"),
+    (["--device", "nonsense"], "--device"), (["--seed", "-1"], "--seed"), (["--threads", "0"], "--threads"),
+    (["--steps", "5", "--minutes", "1"], "--minutes"),  # a quick-demo flag with a training-demo flag
+    (["--quick", "--device", "cpu"], "--device"),
+])
+def test_cli_training_demo_bad_args(tmp_path, capsys, args, flag):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", *args, "--out", str(tmp_path / "d")])
+    assert exc.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_cli_training_demo_cuda_unavailable(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--device", "cuda", "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert "argument --device" in err and "no CUDA GPU" in err
+
+
+def test_demo_mode_selection():
+    p = cli.build_parser()
+    mode = lambda *a: cli.demo_mode(p.parse_args(["demo", *a]))  # noqa: E731
+    assert mode() == "train" and mode("--minutes", "1", "--out", "dir") == "train"
+    assert mode("--quick") == "quick" and mode("--out", "x.PNG") == "quick" and mode("--eta", "0") == "quick"
+    # the CI invocation
+    assert mode("--steps", "5", "--num-images", "4", "--size", "16", "--out", "demo.png") == "quick"

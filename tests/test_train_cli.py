@@ -118,3 +118,44 @@ def test_train_gan_zoo(model, tmp_path, capsys):
         assert rc == 0 and _png_ok(png)
     else:  # image-to-image models need inputs: a one-line error
         assert rc == 1 and "translates images" in capsys.readouterr().err
+
+
+def _tampered_checkpoints(src, tmp_path):
+    """Checkpoints that read as safetensors but do not rebuild: (file, what the error must name)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(src))
+    m = json.loads(meta["fastgen"])
+    cases = {
+        "wider": ({**m, "model_config": {**m["model_config"], "model_channels": 2 * m["model_config"]["model_channels"]}},
+                  tensors, "does not fit"),
+        "no_diffusion": ({k: v for k, v in m.items() if k != "diffusion"}, tensors, "'diffusion'"),
+        "no_betas": (m, {k: v for k, v in tensors.items() if k != "schedule/betas"}, "schedule/betas"),
+        "zero_betas": (m, {**tensors, "schedule/betas": tensors["schedule/betas"] * 0}, "bad diffusion setting"),
+    }
+    for name, (mm, tt, msg) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tt, str(path), metadata={**meta, "fastgen": json.dumps(mm)})
+        yield path, msg
+
+
+def test_tampered_checkpoints_and_bad_device_are_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "ddpm", *TINY, "--steps", "1", "--out", str(out), "--sample-every", "0"]) == 0
+    capsys.readouterr()
+    for path, msg in _tampered_checkpoints(ckpt.list_checkpoints(out / "checkpoints")[-1][1], tmp_path):
+        assert main(["sample", "--checkpoint", str(path), "--steps", "1", "--no-progress",
+                     "--out", str(tmp_path / "never.png")]) == 1, path
+        err = capsys.readouterr().err.strip()
+        assert path.name in err and msg in err and "\n" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "never.png").exists()
+    for argv in (["train", "ddpm", *TINY, "--steps", "1", "--out", str(tmp_path / "x"), "--device", "tpu"],
+                 ["sample", "--checkpoint", str(out), "--device", "nonsense"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert "--device" in err and "\n" not in err and "Traceback" not in err, err

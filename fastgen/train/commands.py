@@ -25,15 +25,37 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, NotADirect
 def _device(name):
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:  # torch lists every device type it knows; cpu / cuda are what fastgen runs on
+        raise ValueError(f"--device {name}: not a device name (use cpu, cuda or cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is available")
     return dev
 
 
 def _fail(command: str, exc: BaseException) -> int:
-    print(f"fastgen {command}: error: {exc}", file=sys.stderr)
+    msg = " ".join(str(exc).split())  # one line (load_state_dict's messages span many)
+    if len(msg) > 400:
+        msg = msg[:400] + " ..."
+    print(f"fastgen {command}: error: {msg}", file=sys.stderr)
     return 1
+
+
+def _load_for_sampling(args, path: Path, device):
+    """``("gan", generator)`` or ``("diffusion", GaussianDiffusion)`` from a checkpoint file; a checkpoint
+    that reads but does not rebuild (missing entries, tensors that do not fit the recorded network)
+    is a ValueError naming ``--checkpoint``."""
+    from . import checkpoint as ckpt
+    from . import load_diffusion, load_generator
+
+    try:
+        if ckpt.load_checkpoint(path)[1].get("kind") == "gan":
+            return "gan", load_generator(path, ema=not args.no_ema, device=device)
+        return "diffusion", load_diffusion(path, ema=not args.no_ema, device=device)
+    except (KeyError, RuntimeError, TypeError, AttributeError) as exc:
+        raise ValueError(f"--checkpoint {args.checkpoint}: {str(path)!r} is not a usable fastgen checkpoint "
+                         f"({type(exc).__name__}: {exc})") from exc
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -208,11 +230,9 @@ def cmd_train_ddpm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample_gan(args, path: Path, device) -> int:
+def _sample_gan(args, G, device) -> int:
     from ..images import save_image_grid
-    from . import load_generator
 
-    G = load_generator(path, ema=not args.no_ema, device=device)
     if not hasattr(G, "z_dim"):
         raise ValueError(f"--checkpoint {args.checkpoint}: {type(G).__name__} translates images (pix2pix / CycleGAN); "
                          "its sample grids are written during training (samples/), or call load_generator in Python")
@@ -236,8 +256,7 @@ def _sample_gan(args, path: Path, device) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from . import checkpoint as ckpt
-    from . import latest_checkpoint, load_diffusion
+    from . import latest_checkpoint
 
     try:
         device = _device(args.device)
@@ -246,11 +265,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
             path = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path) or path
             if path.is_dir():
                 raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no step_*.safetensors checkpoint there")
-        if ckpt.load_checkpoint(path)[1].get("kind") == "gan":
-            return _sample_gan(args, path, device)
+        kind, model = _load_for_sampling(args, path, device)
+        if kind == "gan":
+            return _sample_gan(args, model, device)
         from ..images import save_image_grid
 
-        diffusion = load_diffusion(path, ema=not args.no_ema, device=device)
+        diffusion = model
         shape = (args.num_images, diffusion.model.in_channels, diffusion.model.image_size, diffusion.model.image_size)
         labels = None
         if diffusion.num_classes is not None:

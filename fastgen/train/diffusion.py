@@ -253,14 +253,25 @@ def load_diffusion(path: Union[str, Path], *, ema: bool = True,
         raise ValueError(f"checkpoint {str(path)!r} holds a {meta.get('model_class')!r} model; only fastgen UNet "
                          "checkpoints can be rebuilt without code (load the tensors yourself with "
                          "fastgen.train.load_checkpoint)")
-    model = UNet(**meta["model_config"])
+    missing = [k for k in ("diffusion",) if not isinstance(meta.get(k), dict)] + \
+        [k for k in ("schedule/betas",) if k not in tensors]
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r} lacks {', '.join(map(repr, missing))}: not a complete "
+                         "diffusion checkpoint")
+    try:
+        model = UNet(**meta["model_config"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {str(path)!r} records a U-Net this fastgen cannot build: {exc}") from exc
     weights = {k[len("module."):]: v for k, v in ckpt.strip_prefix("ema", tensors).items()
                if k.startswith("module.")} if ema else {}
     if not weights:
         weights = ckpt.strip_prefix("model", tensors)
-    model.load_state_dict(weights)
+    load_module_weights(model, weights, path, "U-Net")
     d = meta["diffusion"]
-    schedule = DiscreteSchedule(tensors["schedule/betas"], kind=d["schedule_kind"])
-    diffusion = GaussianDiffusion(model, schedule, prediction_type=d["prediction_type"], num_classes=d["num_classes"],
-                                  p_uncond=d["p_uncond"], learn_sigma=d["learn_sigma"])
+    try:
+        schedule = DiscreteSchedule(tensors["schedule/betas"], kind=d["schedule_kind"])
+        diffusion = GaussianDiffusion(model, schedule, prediction_type=d["prediction_type"],
+                                      num_classes=d["num_classes"], p_uncond=d["p_uncond"], learn_sigma=d["learn_sigma"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {str(path)!r} has a bad diffusion setting: {type(exc).__name__}: {exc}") from exc
     return diffusion.to(device).eval()
