@@ -487,6 +487,8 @@ def _walk(model: nn.Module, impl: Optional[str], report: OptimizeReport) -> None
             continue
         if _is_fused(m) or isinstance(m, _FusedAway):
             left.append(ReportEntry(path, t.__name__, "left alone", "already optimized"))
+            if isinstance(m, _FusedResnetBlock2D):
+                handled.update((id(m.norm1), id(m.norm2)))
             continue
         if t.__module__.startswith("fastgen.") and t.__name__ in _ALREADY_FASTGEN:
             left.append(ReportEntry(path, t.__name__, "left alone", "already a fastgen fused module"))
@@ -520,6 +522,8 @@ def _walk(model: nn.Module, impl: Optional[str], report: OptimizeReport) -> None
             pname = type(proc).__name__
             if isinstance(proc, FastgenAttnProcessor):
                 left.append(ReportEntry(path, t.__name__, "left alone", "already optimized"))
+                if type(m.group_norm) is nn.GroupNorm:
+                    handled.add(id(m.group_norm))
             elif pname == "AttnProcessor2_0" or pname == "AttnProcessor":
                 scale = None if pname == "AttnProcessor2_0" else float(m.scale)  # 2_0 uses SDPA's default scale
                 m.set_processor(FastgenAttnProcessor(proc, scale, impl))
