@@ -1,0 +1,704 @@
+"""``fastgen.optimize(model)``: swap fastgen's fused kernels into an existing model, and
+``fastgen.restore(model)`` to undo it.
+
+What is recognised (everything else is left untouched and listed in the report with the reason):
+
+* ``nn.GroupNorm`` directly followed by ``nn.SiLU`` / exact ``nn.GELU`` in an ``nn.Sequential``
+  -> one fused :func:`fastgen.functional.group_norm` (``activation=``); the activation's slot holds
+  an ``Identity`` (restorable). Any other ``nn.GroupNorm`` -> the fused group_norm without activation;
+  ``nn.InstanceNorm2d`` without running statistics -> group_norm with one group per channel.
+* diffusers ``ResnetBlock2D`` (norm1 -> act -> conv1, time_emb_proj, norm2 (``* (1 + scale) + shift``
+  when ``time_embedding_norm == "scale_shift"``) -> act -> dropout -> conv2): both norms run fused
+  with their activation and modulation; the UNets' ``conv_norm_out`` + ``conv_act`` likewise.
+* diffusers ``Attention`` modules whose processor is ``AttnProcessor2_0`` / ``AttnProcessor`` get a
+  processor running :func:`fastgen.functional.attention` (``attn.set_processor``); ``nn.MultiheadAttention``
+  runs fastgen attention when called with ``need_weights=False`` and no features it lacks (else its
+  own forward).
+* ``nn.Linear`` / ``nn.Conv2d`` with a bias directly followed by ``nn.ReLU`` / ``nn.LeakyReLU`` /
+  ``nn.SiLU`` in an ``nn.Sequential`` -> the GEMM/convolution without bias, then one fused
+  :func:`fastgen.functional.bias_act` (gain 1).
+* A diffusers ``DDIMScheduler`` / ``EulerDiscreteScheduler`` / ``DPMSolverMultistepScheduler``
+  (alone or inside a pipeline) -> the same object with its ``step`` running fastgen's fused sampler
+  update (:mod:`fastgen.diffusion.samplers`), same timesteps and same output type.
+* fastgen's own fused modules (``GroupNormAct``, ``Attention``, ``BiasAct``, ...) are reported as
+  already fused.
+
+Replacements never copy parameters: a module is rewritten by switching its class to a subclass
+whose ``forward`` calls the fused op on the module's own parameters (so state_dict keys, optimizers
+and checkpoints are unchanged), and :func:`restore` switches it back.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import backend as _backend
+from .functional import attention, bias_act, group_norm
+
+__all__ = ["optimize", "restore", "OptimizeReport", "ReportEntry"]
+
+_MARK = "_fastgen_opt"  # instance attribute (a plain dict) of every rewritten module / scheduler
+
+
+# =============================================================================================== report
+@dataclass
+class ReportEntry:
+    path: str       # module path inside the model ("" = the model itself), or "scheduler"
+    module: str     # class name of what was found
+    action: str     # what was done, or "left alone"
+    reason: str = ""
+
+
+@dataclass
+class OptimizeReport:
+    """What :func:`optimize` replaced and what it left alone (and why)."""
+    replaced: list[ReportEntry] = field(default_factory=list)
+    left_alone: list[ReportEntry] = field(default_factory=list)
+    backend: Optional[str] = None
+
+    def counts(self) -> dict[str, int]:
+        """Number of replacements per action."""
+        out: dict[str, int] = {}
+        for e in self.replaced:
+            out[e.action] = out.get(e.action, 0) + 1
+        return out
+
+    def __str__(self) -> str:
+        rows = [("path", "module", "action", "note")]
+        rows += [(e.path or "<model>", e.module, e.action, e.reason) for e in self.replaced]
+        rows += [(e.path or "<model>", e.module, "left alone", e.reason) for e in self.left_alone]
+        w = [min(max(len(r[i]) for r in rows), 48) for i in range(3)]
+        lines = [f"fastgen.optimize report (backend={self.backend or 'auto'}): {len(self.replaced)} replaced, "
+                 f"{len(self.left_alone)} left alone"]
+        for k, r in enumerate(rows):
+            lines.append("  ".join(c[:48].ljust(w[i]) for i, c in enumerate(r[:3])) + ("  " + r[3] if r[3] else ""))
+            if k == 0:
+                lines.append("-" * (sum(w) + 12))
+        return "\n".join(lines)
+
+
+# =============================================================================================== helpers
+def _impl(m) -> Optional[str]:
+    return getattr(m, _MARK, {}).get("backend")
+
+
+_SUBCLASSES: dict[tuple[type, type], type] = {}
+
+
+def _fused_class(orig: type, mixin: type, keep_name: bool = False) -> type:
+    key = (orig, mixin)
+    if key not in _SUBCLASSES:
+        name = orig.__name__ if keep_name else "Fastgen" + orig.__name__
+        cls = type(name, (mixin, orig), {"__module__": __name__, "__qualname__": name})
+        _SUBCLASSES[key] = cls
+    return _SUBCLASSES[key]
+
+
+def _swap(obj: Any, mixin: type, keep_name: bool = False, **state) -> None:
+    orig = type(obj)
+    object.__setattr__(obj, _MARK, dict(orig_cls=orig, **state))
+    obj.__class__ = _fused_class(orig, mixin, keep_name)
+
+
+def _unswap(obj: Any) -> None:
+    st = obj.__dict__.pop(_MARK)
+    obj.__class__ = st["orig_cls"]
+
+
+def _is_fused(obj: Any) -> bool:
+    return _MARK in getattr(obj, "__dict__", {})
+
+
+def _has_hooks(*mods: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in mods if isinstance(m, nn.Module))
+
+
+def _gn_activation(act: Any) -> Optional[str]:
+    """The fused group_norm activation name of an activation module, or None."""
+    if type(act) is nn.SiLU:
+        return "silu"
+    if type(act) is nn.GELU and act.approximate == "none":
+        return "gelu"
+    return None
+
+
+def _bias_act_activation(act: Any) -> Optional[tuple[str, Optional[float]]]:
+    if type(act) is nn.ReLU:
+        return "relu", None
+    if type(act) is nn.LeakyReLU:
+        return "lrelu", float(act.negative_slope)
+    if type(act) is nn.SiLU:
+        return "silu", None
+    return None
+
+
+# =============================================================================================== fused modules
+class _FusedGroupNorm:
+    """nn.GroupNorm whose forward is fastgen's fused group_norm (+ activation)."""
+
+    def forward(self, x):
+        st = self.__dict__[_MARK]
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, activation=st["act"], impl=st["backend"])
+
+    def extra_repr(self):
+        return super().extra_repr() + f", fastgen fused activation={self.__dict__[_MARK]['act']!r}"
+
+
+class _FusedInstanceNorm:
+    """nn.InstanceNorm2d (no running stats) as fused group_norm with one group per channel."""
+
+    def forward(self, x):
+        if x.dim() != 4 or x.shape[1] != self.num_features:  # unbatched input: the original
+            return super().forward(x)
+        return group_norm(x, self.num_features, self.weight, self.bias, self.eps, impl=self.__dict__[_MARK]["backend"])
+
+
+class _FusedAway(nn.Identity):
+    """Placeholder for an activation now computed inside the preceding fused module."""
+
+    def __init__(self, original: nn.Module, into: str):
+        super().__init__()
+        object.__setattr__(self, "_fastgen_original", original)
+        self.into = into
+
+    def extra_repr(self):
+        return f"{type(self._fastgen_original).__name__} fused into {self.into}"
+
+
+class _FusedLinearAct:
+    def forward(self, x):
+        st = self.__dict__[_MARK]
+        return bias_act(F.linear(x, self.weight), self.bias, -1, st["act"], st["alpha"], 1.0, impl=st["backend"])
+
+
+class _FusedConvAct:
+    def forward(self, x):
+        st = self.__dict__[_MARK]
+        y = self._conv_forward(x, self.weight, None)
+        return bias_act(y, self.bias, 1, st["act"], st["alpha"], 1.0, impl=st["backend"])
+
+
+class _FusedResnetBlock2D:
+    """diffusers ResnetBlock2D with both GroupNorm (+ scale/shift) + activation pairs fused."""
+
+    def forward(self, input_tensor, temb, *args, **kwargs):
+        st = self.__dict__[_MARK]
+        act, impl = st["act"], st["backend"]
+        n1, n2 = self.norm1, self.norm2
+        h = group_norm(input_tensor, n1.num_groups, n1.weight, n1.bias, n1.eps, activation=act, impl=impl)
+        if self.upsample is not None:
+            if h.shape[0] >= 64:
+                input_tensor, h = input_tensor.contiguous(), h.contiguous()
+            input_tensor, h = self.upsample(input_tensor), self.upsample(h)
+        elif self.downsample is not None:
+            input_tensor, h = self.downsample(input_tensor), self.downsample(h)
+        h = self.conv1(h)
+        if self.time_emb_proj is not None:
+            if not self.skip_time_act:
+                temb = self.nonlinearity(temb)
+            temb = self.time_emb_proj(temb)[:, :, None, None]
+        scale = shift = None
+        if self.time_embedding_norm == "default":
+            if temb is not None:
+                h = h + temb
+        elif self.time_embedding_norm == "scale_shift":
+            if temb is None:
+                raise ValueError(f" `temb` should not be None when `time_embedding_norm` is {self.time_embedding_norm}")
+            scale, shift = torch.chunk(temb, 2, dim=1)
+            n, c = h.shape[:2]
+            scale, shift = scale.reshape(-1, c).expand(n, c), shift.reshape(-1, c).expand(n, c)
+        h = group_norm(h, n2.num_groups, n2.weight, n2.bias, n2.eps, activation=act, scale=scale, shift=shift, impl=impl)
+        h = self.conv2(self.dropout(h))
+        if self.conv_shortcut is not None:
+            if self.training:
+                input_tensor = input_tensor.contiguous()
+            input_tensor = self.conv_shortcut(input_tensor)
+        return (input_tensor + h) / self.output_scale_factor
+
+
+class _FusedMultiheadAttention:
+    """nn.MultiheadAttention on fastgen attention for ``need_weights=False`` calls without
+    key_padding_mask / bias_k / add_zero_attn / separate k, v dims / causal flag / dropout in training
+    (those calls, and every ``need_weights=True`` call, run nn.MultiheadAttention's own forward)."""
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        simple = (not need_weights and key_padding_mask is None and not is_causal and self._qkv_same_embed_dim
+                  and self.bias_k is None and not self.add_zero_attn and not (self.training and self.dropout > 0)
+                  and query.dim() == 3 and key.dim() == 3 and value.dim() == 3
+                  and (attn_mask is None or attn_mask.dim() in (2, 3)))
+        if not simple:
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        b, nq, e = query.shape
+        h = self.num_heads
+        d = e // h
+        w, bias = self.in_proj_weight, self.in_proj_bias
+        wq, wk, wv = w.chunk(3)
+        bq, bk, bv = bias.chunk(3) if bias is not None else (None, None, None)
+        q = F.linear(query, wq, bq).view(b, nq, h, d)
+        k = F.linear(key, wk, bk).view(b, key.shape[1], h, d)
+        v = F.linear(value, wv, bv).view(b, value.shape[1], h, d)
+        mask = None
+        if attn_mask is not None:
+            mask = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask  # torch: True = masked out
+            if mask.dim() == 3:
+                mask = mask.view(b, h, nq, k.shape[1])
+        out = attention(q, k, v, attn_mask=mask, layout="bnhd", impl=self.__dict__[_MARK]["backend"])
+        out = self.out_proj(out.reshape(b, nq, e))
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, None
+
+
+class FastgenAttnProcessor:
+    """A diffusers attention processor (``attn.set_processor(...)``) computing what diffusers'
+    ``AttnProcessor2_0`` / ``AttnProcessor`` compute, on :func:`fastgen.functional.attention` (and
+    the fused group_norm for ``attn.group_norm``). ``original`` is the processor it replaced."""
+
+    def __init__(self, original: Any, scale: Optional[float], backend: Optional[str] = None):
+        self.original, self.scale, self.backend = original, scale, backend
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (hidden_states.shape if encoder_hidden_states is None
+                                          else encoder_hidden_states.shape)
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        gn = attn.group_norm
+        if gn is not None:
+            xt = hidden_states.transpose(1, 2)
+            if type(gn) is nn.GroupNorm and not _has_hooks(gn):
+                xt = group_norm(xt, gn.num_groups, gn.weight, gn.bias, gn.eps, impl=self.backend)
+            else:
+                xt = gn(xt)
+            hidden_states = xt.transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim)
+        key = key.view(batch_size, -1, attn.heads, head_dim)
+        value = value.view(batch_size, -1, attn.heads, head_dim)
+        if attn.norm_q is not None or attn.norm_k is not None:  # diffusers normalises in (B, H, N, D)
+            query, key, value = (t.transpose(1, 2) for t in (query, key, value))
+            if attn.norm_q is not None:
+                query = attn.norm_q(query)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+            hidden_states = attention(query, key, value, attn_mask=attention_mask, scale=self.scale,
+                                      impl=self.backend).transpose(1, 2)
+        else:
+            hidden_states = attention(query, key, value, attn_mask=attention_mask, scale=self.scale, layout="bnhd",
+                                      impl=self.backend)
+        hidden_states = hidden_states.reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+# =============================================================================================== schedulers
+_SCHEDULERS = {  # diffusers class name -> (fastgen sampler class name, output class name, has pred_original_sample)
+    "DDIMScheduler": ("DDIMSampler", "DDIMSchedulerOutput", True),
+    "EulerDiscreteScheduler": ("EulerSampler", "EulerDiscreteSchedulerOutput", True),
+    "DPMSolverMultistepScheduler": ("DPMSolverMultistepSampler", "SchedulerOutput", False),
+}
+
+
+class _FastgenScheduler:
+    """A diffusers scheduler whose ``step`` runs fastgen's fused sampler update. Same timesteps (checked
+    at ``set_timesteps``; on any mismatch, or step arguments fastgen does not take, diffusers' own
+    ``step`` runs), same output type."""
+
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+        super().set_timesteps(num_inference_steps, device=device, **kwargs)
+        st = self.__dict__[_MARK]
+        st["active"] = False
+        if kwargs or num_inference_steps is None:
+            return
+        smp = st["sampler"]
+        smp.set_timesteps(int(num_inference_steps))
+        ours, theirs = smp.timesteps, self.timesteps
+        st["active"] = bool(ours.shape == theirs.shape and torch.equal(ours.to(theirs.dtype).cpu(), theirs.cpu()))
+        if st["active"]:
+            smp.timesteps = smp.timesteps.to(theirs.device)
+
+    def scale_model_input(self, sample, timestep=None):
+        st = self.__dict__[_MARK]
+        if not st["active"]:
+            return super().scale_model_input(sample, timestep)
+        return st["sampler"].scale_model_input(sample, timestep)
+
+    def step(self, model_output, timestep, sample, *args, generator=None, return_dict=True, **kwargs):
+        st = self.__dict__[_MARK]
+        smp = st["sampler"]
+        eta = kwargs.pop("eta", None)
+        defaults = st["step_defaults"]
+        extra = {k: v for k, v in kwargs.items() if v is not None and not (k in defaults and _same(defaults[k], v))}
+        if kwargs.get("use_clipped_model_output") and not getattr(smp, "use_clipped_model_output", False):
+            extra["use_clipped_model_output"] = True
+        ok = st["active"] and not args and not extra and (eta is None or float(eta) == getattr(smp, "eta", 0.0))
+        if not ok:
+            if st["active"] and st["stateful"]:
+                raise ValueError(f"fastgen.optimize: {type(self).__name__}.step got arguments the fused sampler does "
+                                 f"not take ({sorted(extra)}); call fastgen.restore(scheduler) to use diffusers' step")
+            if eta is not None:
+                kwargs["eta"] = eta
+            if st["active"] and hasattr(self, "_step_index"):
+                self._step_index = smp.step_index
+            return super().step(model_output, timestep, sample, *args, generator=generator, return_dict=return_dict,
+                                **kwargs)
+        noise = None
+        if getattr(smp, "eta", 0.0) > 0:  # draw the noise as diffusers does, so trajectories agree
+            from diffusers.utils.torch_utils import randn_tensor
+
+            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                 dtype=model_output.dtype)
+        res = smp.step(model_output, timestep, sample, generator=generator, noise=noise)
+        if hasattr(self, "_step_index"):
+            self._step_index = smp.step_index
+        out_cls, with_x0 = st["output"]
+        if not return_dict:
+            return (res.prev_sample, res.pred_original_sample) if with_x0 else (res.prev_sample,)
+        if with_x0:
+            return out_cls(prev_sample=res.prev_sample, pred_original_sample=res.pred_original_sample)
+        return out_cls(prev_sample=res.prev_sample)
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _scheduler_sampler(sched, impl):
+    """(fastgen sampler, output class, has x0) for a diffusers scheduler, or (None, reason)."""
+    name = type(sched).__name__
+    spec = _SCHEDULERS.get(name)
+    if spec is None or type(sched).__module__.split(".")[0] != "diffusers":
+        return None, "no fastgen sampler for this scheduler class"
+    from .diffusion import samplers as S
+
+    smp_cls = getattr(S, spec[0])
+    cfg = {k: v for k, v in dict(sched.config).items() if not k.startswith("_")}
+    defaults = {k: p.default for k, p in inspect.signature(type(sched).__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    accepted = set()
+    for klass in smp_cls.__mro__:
+        if klass is object:
+            continue
+        accepted |= set(inspect.signature(klass.__init__).parameters)
+    kw, unsupported = {}, []
+    for k, v in cfg.items():
+        if k in accepted:
+            kw[k] = v
+        elif k in defaults and defaults[k] != v and not (isinstance(v, float) and v != v):
+            unsupported.append(f"{k}={v!r}")
+    if "sde" in str(cfg.get("algorithm_type", "")):
+        unsupported.append(f"algorithm_type={cfg['algorithm_type']!r} (stochastic: its noise stream is diffusers')")
+    if unsupported:
+        return None, "config not supported by the fused sampler: " + ", ".join(unsupported)
+    try:
+        smp = smp_cls(**kw, impl=impl)
+    except (TypeError, ValueError) as exc:
+        return None, f"fused sampler rejects the config: {exc}"
+    mod = __import__(type(sched).__module__, fromlist=[spec[1]])
+    out_cls = getattr(mod, spec[1], None)
+    if out_cls is None:
+        from diffusers.schedulers.scheduling_utils import SchedulerOutput as out_cls
+    return (smp, (out_cls, spec[2])), ""
+
+
+def _optimize_scheduler(sched, impl, report: OptimizeReport, path: str) -> None:
+    name = type(sched).__name__
+    if _is_fused(sched):
+        report.left_alone.append(ReportEntry(path, name, "left alone", "already optimized"))
+        return
+    got, why = _scheduler_sampler(sched, impl)
+    if got is None:
+        report.left_alone.append(ReportEntry(path, name, "left alone", why))
+        return
+    smp, output = got
+    defaults = {k: p.default for k, p in inspect.signature(type(sched).step).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    _swap(sched, _FastgenScheduler, keep_name=True, sampler=smp, output=output, active=False, backend=impl,
+          stateful=name == "DPMSolverMultistepScheduler", step_defaults=defaults)
+    if getattr(sched, "num_inference_steps", None):  # timesteps already set: set the sampler's too
+        sched.set_timesteps(sched.num_inference_steps, device=sched.timesteps.device)
+    report.replaced.append(ReportEntry(path, name, f"fused {type(smp).__name__}.step",
+                                       "fastgen sampler_update kernel, same timesteps and output type"))
+
+
+def _is_diffusers_scheduler(obj) -> bool:
+    return any(c.__name__ == "SchedulerMixin" and c.__module__.startswith("diffusers") for c in type(obj).__mro__)
+
+
+def _is_pipeline(obj) -> bool:
+    return isinstance(getattr(obj, "components", None), dict) and not isinstance(obj, nn.Module)
+
+
+# =============================================================================================== model walk
+def _diffusers_class(m, name: str, module_prefix: str) -> bool:
+    t = type(m)
+    return t.__name__ == name and t.__module__.startswith(module_prefix)
+
+
+_ALREADY_FASTGEN = ("GroupNormAct", "BiasAct", "AdaIN", "Attention", "SelfAttention2d", "ResBlock", "AttentionBlock",
+                    "AdaINLayer")
+
+
+def _walk(model: nn.Module, impl: Optional[str], report: OptimizeReport) -> None:
+    uses: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+    once = lambda *ms: all(uses.get(id(m), 0) == 1 for m in ms)  # noqa: E731
+    handled: set[int] = set()
+    other: dict[str, int] = {}  # leaf modules of unrecognised types, by class name
+    rep, left = report.replaced, report.left_alone
+
+    for path, m in model.named_modules():
+        t = type(m)
+        if id(m) in handled:
+            continue
+        if _is_fused(m) or isinstance(m, _FusedAway):
+            left.append(ReportEntry(path, t.__name__, "left alone", "already optimized"))
+            if isinstance(m, _FusedResnetBlock2D):
+                handled.update((id(m.norm1), id(m.norm2)))
+            continue
+        if t.__module__.startswith("fastgen.") and t.__name__ in _ALREADY_FASTGEN:
+            left.append(ReportEntry(path, t.__name__, "left alone", "already a fastgen fused module"))
+            for sub in m.modules():
+                handled.add(id(sub))
+            continue
+
+        # ---- diffusers ResnetBlock2D
+        if _diffusers_class(m, "ResnetBlock2D", "diffusers."):
+            act = _gn_activation(m.nonlinearity)
+            if act is None:
+                left.append(ReportEntry(path, t.__name__, "left alone",
+                                        f"activation {type(m.nonlinearity).__name__} has no fused group_norm form"))
+            elif not (type(m.norm1) is nn.GroupNorm and type(m.norm2) is nn.GroupNorm):
+                left.append(ReportEntry(path, t.__name__, "left alone", "norms are not nn.GroupNorm"))
+            elif _has_hooks(m.norm1, m.norm2, m.nonlinearity):
+                left.append(ReportEntry(path, t.__name__, "left alone", "hooks on its norms / activation"))
+            elif m.time_embedding_norm not in ("default", "scale_shift"):
+                left.append(ReportEntry(path, t.__name__, "left alone", f"time_embedding_norm={m.time_embedding_norm}"))
+            else:
+                _swap(m, _FusedResnetBlock2D, act=act, backend=impl)
+                handled.update((id(m.norm1), id(m.norm2)))
+                mod = "scale/shift + " if m.time_embedding_norm == "scale_shift" else ""
+                rep.append(ReportEntry(path, t.__name__, "fused ResnetBlock2D",
+                                       f"norm1+{act}, norm2+{mod}{act} -> fastgen group_norm"))
+            continue
+
+        # ---- diffusers Attention (processor interface)
+        if hasattr(m, "set_processor") and hasattr(m, "processor") and t.__module__.startswith("diffusers."):
+            proc = m.processor
+            pname = type(proc).__name__
+            if isinstance(proc, FastgenAttnProcessor):
+                left.append(ReportEntry(path, t.__name__, "left alone", "already optimized"))
+                if type(m.group_norm) is nn.GroupNorm:
+                    handled.add(id(m.group_norm))
+            elif pname == "AttnProcessor2_0" or pname == "AttnProcessor":
+                scale = None if pname == "AttnProcessor2_0" else float(m.scale)  # 2_0 uses SDPA's default scale
+                m.set_processor(FastgenAttnProcessor(proc, scale, impl))
+                if type(m.group_norm) is nn.GroupNorm:
+                    handled.add(id(m.group_norm))  # the processor runs it fused
+                rep.append(ReportEntry(path, t.__name__, "fastgen attention processor", f"replaces {pname}"))
+            else:
+                left.append(ReportEntry(path, t.__name__, "left alone", f"processor {pname} is not a plain "
+                                        "AttnProcessor2_0 / AttnProcessor"))
+            continue
+
+        # ---- the UNets' conv_norm_out -> conv_act
+        if (_diffusers_class(m, "UNet2DModel", "diffusers.") or _diffusers_class(m, "UNet2DConditionModel", "diffusers.")):
+            norm, act = getattr(m, "conv_norm_out", None), getattr(m, "conv_act", None)
+            name = _gn_activation(act) if act is not None else None
+            if (type(norm) is nn.GroupNorm and name and once(norm, act) and not _has_hooks(norm, act)):
+                _swap(norm, _FusedGroupNorm, act=name, backend=impl)
+                m.conv_act = _FusedAway(act, "conv_norm_out")
+                handled.update((id(norm), id(m.conv_act)))
+                rep.append(ReportEntry(_join(path, "conv_norm_out"), "GroupNorm", f"fused group_norm+{name}",
+                                       "conv_norm_out -> conv_act"))
+            continue
+
+        # ---- Sequential pairs
+        if isinstance(m, nn.Sequential):
+            keys = list(m._modules)
+            for a, b in zip(keys, keys[1:]):
+                x, y = m._modules[a], m._modules[b]
+                if x is None or y is None or id(x) in handled or _is_fused(x):
+                    continue
+                if _has_hooks(x, y) or not once(x, y):
+                    continue
+                sub = _join(path, a)
+                if type(x) is nn.GroupNorm and _gn_activation(y):
+                    name = _gn_activation(y)
+                    _swap(x, _FusedGroupNorm, act=name, backend=impl)
+                    m._modules[b] = _FusedAway(y, a)
+                    handled.update((id(x), id(m._modules[b])))
+                    rep.append(ReportEntry(sub, "GroupNorm", f"fused group_norm+{name}", f"with [{b}] {type(y).__name__}"))
+                elif type(x) in (nn.Linear, nn.Conv2d) and _bias_act_activation(y):
+                    act, alpha = _bias_act_activation(y)
+                    if x.bias is None:
+                        left.append(ReportEntry(sub, type(x).__name__, "left alone", "no bias to fuse with the activation"))
+                        continue
+                    _swap(x, _FusedLinearAct if type(x) is nn.Linear else _FusedConvAct, act=act, alpha=alpha, backend=impl)
+                    m._modules[b] = _FusedAway(y, a)
+                    handled.update((id(x), id(m._modules[b])))
+                    rep.append(ReportEntry(sub, type(x).__name__, f"fused bias_act({act})", f"with [{b}] {type(y).__name__}"))
+            continue
+
+        # ---- single modules
+        if t is nn.GroupNorm:
+            if _has_hooks(m):
+                left.append(ReportEntry(path, "GroupNorm", "left alone", "has hooks"))
+            else:
+                _swap(m, _FusedGroupNorm, act=None, backend=impl)
+                rep.append(ReportEntry(path, "GroupNorm", "fused group_norm", "no activation follows it in a known pattern"))
+        elif t is nn.InstanceNorm2d:
+            if m.track_running_stats:
+                left.append(ReportEntry(path, t.__name__, "left alone", "track_running_stats=True"))
+            else:
+                _swap(m, _FusedInstanceNorm, backend=impl)
+                rep.append(ReportEntry(path, t.__name__, "fused group_norm (C groups)", "instance norm"))
+        elif t is nn.MultiheadAttention:
+            _swap(m, _FusedMultiheadAttention, backend=impl)
+            rep.append(ReportEntry(path, t.__name__, "fastgen attention", "for need_weights=False calls; others run "
+                                   "nn.MultiheadAttention's forward"))
+        elif not m._modules:
+            other[t.__name__] = other.get(t.__name__, 0) + 1
+    for name, n in sorted(other.items()):
+        left.append(ReportEntry(f"({n}x)", name, "left alone", "no fused pattern recognised"))
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}.{b}" if a else b
+
+
+def _restore_module(model: nn.Module) -> int:
+    n = 0
+    for m in list(model.modules()):
+        for k, child in list(m._modules.items()):
+            if isinstance(child, _FusedAway):
+                m._modules[k] = child._fastgen_original
+                n += 1
+        if _is_fused(m):
+            _unswap(m)
+            n += 1
+        proc = getattr(m, "processor", None)
+        if isinstance(proc, FastgenAttnProcessor) and hasattr(m, "set_processor"):
+            m.set_processor(proc.original)
+            n += 1
+    return n
+
+
+# =============================================================================================== public API
+def _check_backend(backend: Optional[str]) -> Optional[str]:
+    if backend is None:
+        return None
+    if not isinstance(backend, str) or backend.strip().lower() not in _backend._CHOICES:
+        raise ValueError(f"fastgen.optimize: backend must be None or one of {', '.join(_backend._CHOICES)}; "
+                         f"got {backend!r}")
+    b = backend.strip().lower()
+    return None if b == "auto" else b
+
+
+def optimize(model, *, backend: Optional[str] = None, inplace: bool = False, report: bool = False):
+    """Swap fastgen's fused kernels into ``model`` (see the module docstring for what is recognised).
+
+    Args:
+        model: an ``nn.Module`` (fastgen's, a diffusers model, plain PyTorch), a diffusers pipeline
+            (its modules and its scheduler are optimized) or a diffusers scheduler.
+        backend: None (automatic dispatch per device, :mod:`fastgen.backend`) or ``"torch"`` / ``"cpp"`` /
+            ``"triton"`` to force an implementation of the fused ops (``"auto"`` = None).
+        inplace: rewrite ``model`` itself; False (default) rewrites and returns a deep copy.
+        report: also return an :class:`OptimizeReport`.
+
+    Returns:
+        The optimized model (``model`` itself when ``inplace``), or ``(model, report)``.
+
+    Parameters are shared, never copied: state_dict keys are unchanged and checkpoints load either
+    way. Applying it twice changes nothing more; :func:`restore` undoes it.
+    """
+    if not isinstance(inplace, bool):
+        raise TypeError(f"fastgen.optimize: inplace must be a bool, got {type(inplace).__name__}")
+    if not isinstance(report, bool):
+        raise TypeError(f"fastgen.optimize: report must be a bool, got {type(report).__name__}")
+    impl = _check_backend(backend)
+    is_mod, is_pipe, is_sched = isinstance(model, nn.Module), _is_pipeline(model), _is_diffusers_scheduler(model)
+    if not (is_mod or is_pipe or is_sched):
+        raise TypeError(f"fastgen.optimize: model must be an nn.Module, a diffusers pipeline or a diffusers "
+                        f"scheduler; got {type(model).__name__}")
+    if impl is not None and is_mod:
+        p = next(iter(model.parameters()), None)
+        if p is not None:
+            ok, why = _backend.impl_available(impl, p.device.type)
+            if not ok:
+                raise _backend.BackendUnavailableError(f"fastgen.optimize: backend={impl!r} is not available on "
+                                                       f"{p.device.type}: {why}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    rep = OptimizeReport(backend=impl)
+    if is_mod:
+        _walk(model, impl, rep)
+    elif is_sched:
+        _optimize_scheduler(model, impl, rep, "scheduler")
+    else:
+        for name, comp in model.components.items():
+            if isinstance(comp, nn.Module):
+                sub = OptimizeReport()
+                _walk(comp, impl, sub)
+                for e in sub.replaced + sub.left_alone:
+                    e.path = _join(name, e.path)
+                rep.replaced += sub.replaced
+                rep.left_alone += sub.left_alone
+            elif comp is not None and _is_diffusers_scheduler(comp):
+                _optimize_scheduler(comp, impl, rep, name)
+    return (model, rep) if report else model
+
+
+def restore(model):
+    """Undo :func:`optimize` in place: the original module classes, activations and attention
+    processors come back (same parameter objects), schedulers step with diffusers again. Returns
+    ``model``."""
+    if isinstance(model, nn.Module):
+        _restore_module(model)
+    elif _is_pipeline(model):
+        for comp in model.components.values():
+            if isinstance(comp, nn.Module):
+                _restore_module(comp)
+            elif _is_fused(comp):
+                _unswap(comp)
+    elif _is_diffusers_scheduler(model):
+        if _is_fused(model):
+            _unswap(model)
+    else:
+        raise TypeError(f"fastgen.restore: model must be an nn.Module, a diffusers pipeline or a diffusers "
+                        f"scheduler; got {type(model).__name__}")
+    return model
