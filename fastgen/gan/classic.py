@@ -71,7 +71,9 @@ class GANTraining(GANRecipe):
         g_lr, d_lr, betas, eps: Adam (DCGAN: 2e-4, (0.5, 0.999)); ``optimizer="rmsprop"`` uses RMSprop
             with these learning rates (WGAN with clipping: 5e-5).
         aux_weight, info_weight: weights of the ACGAN and InfoGAN terms.
-        ema_decay: EMA of G (None: sample with G itself).
+        ema_decay: EMA of G (None: sample with G itself). ema_warmup: ramp the decay up as
+            ``min(ema_decay, (1 + n) / (10 + n))`` (ADM / diffusers), so short runs do not sample
+            with weights still dominated by the random initialisation (0.999^2000 = 13.5% of it).
         bf16: forward passes under bf16 autocast (the fused ops keep fp32 math inside).
         generator: CPU torch.Generator of the latents, codes and penalty draws (default: seed 0).
     """
@@ -83,7 +85,8 @@ class GANTraining(GANRecipe):
                  penalty_interval: int = 1, d_steps: int = 1, g_lr: float = 2e-4, d_lr: float = 2e-4,
                  betas: Sequence[float] = (0.5, 0.999), eps: float = 1e-8, optimizer: str = "adam",
                  weight_clip: Optional[float] = None, aux_weight: float = 1.0, info_weight: float = 1.0,
-                 ema_decay: Optional[float] = None, bf16: bool = False, generator: Optional[torch.Generator] = None):
+                 ema_decay: Optional[float] = None, ema_warmup: bool = True, bf16: bool = False,
+                 generator: Optional[torch.Generator] = None):
         if not hasattr(G, "z_dim") or not isinstance(G, nn.Module):
             raise TypeError(f"GANTraining: G must be a generator module with a z_dim attribute, got {type(G).__name__}")
         if not isinstance(D, nn.Module):
@@ -118,14 +121,14 @@ class GANTraining(GANRecipe):
                             penalty_center=penalty_center, penalty_interval=penalty_interval, d_steps=d_steps,
                             g_lr=g_lr, d_lr=d_lr, betas=list(betas), eps=eps, optimizer=optimizer,
                             weight_clip=weight_clip, aux_weight=aux_weight, info_weight=info_weight,
-                            ema_decay=ema_decay, bf16=bool(bf16))
+                            ema_decay=ema_decay, ema_warmup=bool(ema_warmup), bf16=bool(bf16))
         if optimizer == "adam":
             self.opt_G = torch.optim.Adam(G.parameters(), lr=g_lr, betas=tuple(betas), eps=eps)
             self.opt_D = torch.optim.Adam(D.parameters(), lr=d_lr, betas=tuple(betas), eps=eps)
         else:
             self.opt_G = torch.optim.RMSprop(G.parameters(), lr=g_lr, eps=eps)
             self.opt_D = torch.optim.RMSprop(D.parameters(), lr=d_lr, eps=eps)
-        self.ema = EMA(G, ema_decay, warmup=False) if ema_decay is not None else None
+        self.ema = EMA(G, ema_decay, warmup=bool(ema_warmup)) if ema_decay is not None else None
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.num_steps = 0
         self.has_codes = bool(getattr(G, "info_cat_dims", ()) or getattr(G, "info_cont_dim", 0))

@@ -106,15 +106,16 @@ class Pix2PixTraining(_Translation):
             with ``in_channels = C_a + C_b``).
         batch_size: images per step. channels_a: channels of domain A (default ``G.in_channels``).
         l1_weight: weight of the L1 reconstruction (100). loss: the adversarial loss (``nonsaturating``;
-            ``lsgan`` also common). lr, betas: Adam (2e-4, (0.5, 0.999)). ema_decay: EMA of G.
+            ``lsgan`` also common). lr, betas: Adam (2e-4, (0.5, 0.999)). ema_decay: EMA of G;
+            ema_warmup: ramp its decay up as GANTraining does.
     """
 
     name = "pix2pix"
 
     def __init__(self, G: nn.Module, D: nn.Module, *, batch_size: int, channels_a: Optional[int] = None,
                  l1_weight: float = 100.0, loss: str = "nonsaturating", lr: float = 2e-4,
-                 betas: Sequence[float] = (0.5, 0.999), ema_decay: Optional[float] = None, bf16: bool = False,
-                 generator: Optional[torch.Generator] = None):
+                 betas: Sequence[float] = (0.5, 0.999), ema_decay: Optional[float] = None, ema_warmup: bool = True,
+                 bf16: bool = False, generator: Optional[torch.Generator] = None):
         o = "Pix2PixTraining"
         if loss not in LOSSES:
             raise ValueError(f"{o}: loss must be one of {', '.join(LOSSES)}; got {loss!r}")
@@ -125,11 +126,12 @@ class Pix2PixTraining(_Translation):
         betas = _betas(o, betas)
         self.opt_G = torch.optim.Adam(G.parameters(), lr=_check(o, "lr", lr), betas=betas)
         self.opt_D = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
-        self.ema = EMA(G, ema_decay, warmup=False) if ema_decay is not None else None
+        self.ema = EMA(G, ema_decay, warmup=bool(ema_warmup)) if ema_decay is not None else None
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.num_steps, self._sample_inputs = 0, None
         self._config = dict(batch_size=batch_size, channels_a=self.channels_a, l1_weight=l1_weight, loss=loss, lr=lr,
-                            betas=list(betas), ema_decay=ema_decay, bf16=self.bf16)
+                            betas=list(betas), ema_decay=ema_decay, ema_warmup=bool(ema_warmup),
+                            bf16=self.bf16)
 
     @property
     def config(self) -> dict:
