@@ -4,8 +4,9 @@
                               each fused op uses on CPU and on CUDA (and why not the others)
     fastgen demo [options]    a few-second DDIM sampling demo on an embedded dataset (see fastgen.demo)
     fastgen train ddpm ...    train a diffusion U-Net (torchrun-compatible; see fastgen.train.commands)
+    fastgen train ldm ...     latent diffusion on a trained VAE's latents (torchrun-compatible)
     fastgen train stylegan .. train a StyleGAN2 / StyleGAN (torchrun-compatible)
-    fastgen sample ...        a PNG grid of samples from a training checkpoint (diffusion or GAN)
+    fastgen sample ...        a PNG grid of samples from a training checkpoint (diffusion, latent diffusion or GAN)
 """
 from __future__ import annotations
 
