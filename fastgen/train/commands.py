@@ -230,7 +230,7 @@ def _load_vae(path: str, device):
 def cmd_train_ldm(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..diffusion import GaussianDiffusion, LatentDiffusion, make_schedule
-    from ..models.unet import UNet
+    from ..models.unet import PRESETS, UNet
     from . import LatentDiffusionTrainer, init_distributed
     from .distributed import shutdown
 
@@ -253,6 +253,10 @@ def cmd_train_ldm(args: argparse.Namespace) -> int:
         num_classes = None if args.unconditional else getattr(data, "num_classes", None)
         lat_ch = vae.latent_channels
         lat_size = size // factor
+        down = 2 ** (len(PRESETS[args.preset]["channel_mult"]) - 1)
+        if lat_size % down:
+            raise ValueError(f"--size {size}: the latents are {lat_size}x{lat_size}, which the {args.preset!r} U-Net "
+                             f"cannot downsample {down}x; use a size divisible by {factor * down}")
         torch.manual_seed(args.seed)
         unet = UNet.from_preset(args.preset, image_size=lat_size, in_channels=lat_ch, num_classes=num_classes,
                                 dropout=args.dropout)
