@@ -274,10 +274,9 @@ def test_trainer_estimates_scale_writes_grids_and_checkpoint_round_trip(tmp_path
     mine = load_latent_diffusion(path, autoencoder=fresh)
     assert mine.autoencoder is fresh
     assert torch.equal(fresh.encoder.conv_in.weight, tr.ldm.autoencoder.encoder.conv_in.weight)
+    bad = tmp_path / "other.safetensors"
+    ckpt.save_checkpoint(bad, {"x": torch.zeros(1)}, {"kind": "diffusion"})
     with pytest.raises(ValueError, match="not a latent-diffusion checkpoint"):
-        from fastgen.train import DiffusionTrainer  # noqa: F401
-        bad = tmp_path / "other.safetensors"
-        ckpt.save_checkpoint(bad, {"x": torch.zeros(1)}, {"kind": "diffusion"})
         load_latent_diffusion(bad)
 
 
@@ -464,8 +463,9 @@ def test_interpolate_decodes_grid_rows():
     # diffusion initial noise: the "decoder" is a deterministic sampler from that noise
     ldm = tiny_ldm(scale_factor=1.0)
     n0, n1 = torch.randn(4, 8, 8, generator=g), torch.randn(4, 8, 8, generator=g)
-    run = lambda x_T: ldm.sample(len(x_T), sampler="ddim", steps=2, class_labels=torch.zeros(len(x_T), dtype=torch.long),  # noqa: E731
-                                 initial_noise=x_T, progress=False)
+    def run(x_T):
+        return ldm.sample(len(x_T), sampler="ddim", steps=2, class_labels=torch.zeros(len(x_T), dtype=torch.long),
+                          initial_noise=x_T, progress=False)
     path = interpolate(run, n0, n1, steps=3)
     assert path.shape == (3, 3, SIZE, SIZE)
     torch.testing.assert_close(path[0], run(n0[None])[0], rtol=1e-5, atol=1e-5)

@@ -157,7 +157,8 @@ class LatentDiffusion(nn.Module):
         elif isinstance(diffusion, nn.Module):
             diffusion = GaussianDiffusion(diffusion, **diffusion_kwargs)
         else:
-            raise TypeError(f"diffusion must be a GaussianDiffusion or a denoiser nn.Module, got {type(diffusion).__name__}")
+            raise TypeError(f"diffusion must be a GaussianDiffusion or a denoiser nn.Module, "
+                            f"got {type(diffusion).__name__}")
         if posterior not in POSTERIORS:
             raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
         self.autoencoder = autoencoder

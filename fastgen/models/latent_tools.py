@@ -34,7 +34,8 @@ def _check_pair(z0, z1) -> None:
         if not z.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor, got {z.dtype}")
         if z.dim() == 0 or z.numel() == 0:
-            raise ValueError(f"{name} must be a non-empty tensor with at least one dimension, got shape {tuple(z.shape)}")
+            raise ValueError(f"{name} must be a non-empty tensor with at least one dimension, "
+                             f"got shape {tuple(z.shape)}")
     if z0.shape != z1.shape:
         raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
     if z0.device != z1.device:
@@ -201,11 +202,13 @@ def apply_attribute(z: torch.Tensor, vector: torch.Tensor, strength: TLike = 1.0
     latent shaped like ``vector``; ``strength``: a float or a per-sample tensor ``[N]`` (negative
     values remove the attribute)."""
     if not isinstance(z, torch.Tensor) or not z.is_floating_point():
-        raise TypeError(f"z must be a floating tensor, got {type(z).__name__ if not isinstance(z, torch.Tensor) else z.dtype}")
+        what = z.dtype if isinstance(z, torch.Tensor) else type(z).__name__
+        raise TypeError(f"z must be a floating tensor, got {what}")
     if not isinstance(vector, torch.Tensor) or not vector.is_floating_point():
         raise TypeError("vector must be a floating tensor (see attribute_vector)")
     if tuple(z.shape) != tuple(vector.shape) and tuple(z.shape[1:]) != tuple(vector.shape):
-        raise ValueError(f"vector must have the shape of one latent: z is {tuple(z.shape)}, vector {tuple(vector.shape)}")
+        raise ValueError(f"vector must have the shape of one latent: z is {tuple(z.shape)}, "
+                         f"vector {tuple(vector.shape)}")
     v = vector.to(device=z.device, dtype=z.dtype)
     if isinstance(strength, bool):
         raise TypeError("strength must be a float or a tensor [N], got a bool")
