@@ -137,6 +137,23 @@ def test_encode_decode_shapes_and_protocol():
     assert out.shape == (2, 3, SIZE, SIZE) and torch.isfinite(out).all()
 
 
+def test_diffusers_autoencoder_kl_follows_the_protocol():
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    ae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                 up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                                 latent_channels=4, norm_num_groups=4, sample_size=SIZE)
+    ldm = LatentDiffusion(ae, tiny_unet(None), posterior="sample")
+    x, _ = images(4)
+    ldm.estimate_scale_factor(x, n=4, generator=gen(1))
+    assert ldm.latent_shape == (4, 8, 8) and not ae.training
+    with torch.no_grad():
+        want = ae.encode(x).latent_dist.sample(generator=gen(2)) * ldm.scale_factor
+        torch.testing.assert_close(ldm.encode(x, generator=gen(2)), want)
+    out = ldm.sample(2, steps=2, generator=gen(), progress=False)
+    assert out.shape == (2, 3, SIZE, SIZE) and torch.isfinite(out).all()
+
+
 def test_bad_arguments_name_the_argument():
     vae, unet = tiny_vae(), tiny_unet()
     with pytest.raises(TypeError, match="autoencoder"):
