@@ -14,7 +14,7 @@
    is reported for the samples, for decoded prior samples ``z ~ N(0, I)`` of the VAE alone, and for
    held-out real images.
 
-Measured (shared 2-core CPU, load ~5 from other jobs, 1 torch thread; 445 s CPU = 7.4 min, 11.5 min
+Measured (shared 2-core CPU, load ~5 from other jobs, 1 torch thread; 445-466 s CPU, 11.5-12.6 min
 wall under that load; VAE 800 steps, LDM 1500 steps):
 
 * classifier held-out accuracy 0.986;
