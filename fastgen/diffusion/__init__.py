@@ -23,3 +23,4 @@ from .samplers import (  # noqa: F401
 )
 from .sampling import NonFiniteSampleError, sample  # noqa: F401
 from .gaussian_diffusion import GaussianDiffusion  # noqa: F401
+from .latent import LatentDataset, LatentDiffusion  # noqa: F401

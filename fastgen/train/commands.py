@@ -1,12 +1,14 @@
-"""``fastgen train ddpm|stylegan`` and ``fastgen sample``: the trainers and the samplers from the command line.
+"""``fastgen train ddpm|ldm|stylegan|...`` and ``fastgen sample``: the trainers and the samplers from the command line.
 
     fastgen train ddpm --data shapes --size 16 --steps 2000 --out runs/ddpm
+    fastgen train ldm --vae runs/vae --data shapes --steps 5000 --out runs/ldm        # latent diffusion
     fastgen train stylegan --data shapes --size 32 --steps 5000 --out runs/stylegan
     fastgen train dcgan|wgan-gp|pix2pix|cyclegan --size 32 --steps 2000               # the GAN zoo
     torchrun --nproc_per_node=2 -m fastgen train ddpm --data shapes --out runs/ddpm   # data parallel
     fastgen train ddpm --out runs/ddpm --resume --steps 1000                           # 1000 more steps
     fastgen sample --checkpoint runs/ddpm --sampler ddim --steps 50 --guidance 3 --out grid.png
     fastgen sample --checkpoint runs/stylegan --truncation 0.7 --out grid.png              # a GAN checkpoint
+    fastgen sample --checkpoint runs/ldm --sampler ddim --steps 50 --guidance 3 --out grid.png  # latent diffusion
 
 Bad settings, a missing data folder or a bad checkpoint print one line and exit non-zero.
 """
@@ -43,15 +45,18 @@ def _fail(command: str, exc: BaseException) -> int:
 
 
 def _load_for_sampling(args, path: Path, device):
-    """``("gan", generator)`` or ``("diffusion", GaussianDiffusion)`` from a checkpoint file; a checkpoint
-    that reads but does not rebuild (missing entries, tensors that do not fit the recorded network)
-    is a ValueError naming ``--checkpoint``."""
+    """``("gan", generator)``, ``("latent_diffusion", LatentDiffusion)`` or ``("diffusion", GaussianDiffusion)``
+    from a checkpoint file; a checkpoint that reads but does not rebuild (missing entries, tensors
+    that do not fit the recorded network) is a ValueError naming ``--checkpoint``."""
     from . import checkpoint as ckpt
-    from . import load_diffusion, load_generator
+    from . import load_diffusion, load_generator, load_latent_diffusion
 
     try:
-        if ckpt.load_checkpoint(path)[1].get("kind") == "gan":
+        kind = ckpt.load_checkpoint(path)[1].get("kind")
+        if kind == "gan":
             return "gan", load_generator(path, ema=not args.no_ema, device=device)
+        if kind == "latent_diffusion":
+            return kind, load_latent_diffusion(path, ema=not args.no_ema, device=device)
         return "diffusion", load_diffusion(path, ema=not args.no_ema, device=device)
     except (KeyError, RuntimeError, TypeError, AttributeError) as exc:
         raise ValueError(f"--checkpoint {args.checkpoint}: {str(path)!r} is not a usable fastgen checkpoint "
@@ -63,6 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return cmd_train_stylegan(args)
     if args.model in ZOO:
         return cmd_train_zoo(args)
+    if args.model == "ldm":
+        return cmd_train_ldm(args)
     return cmd_train_ddpm(args)
 
 
@@ -230,6 +237,104 @@ def cmd_train_ddpm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_vae(path: str, device):
+    """The autoencoder of ``--vae``: a VAE trainer checkpoint (file or run folder) via
+    ``fastgen.train.vae.load_vae``, imported here so this module does not depend on it."""
+    try:
+        from .vae import load_vae
+    except ImportError as exc:
+        raise ImportError(f"--vae: loading a VAE checkpoint needs fastgen.train.vae.load_vae, which this fastgen "
+                          f"does not have ({exc})") from None
+    vae = load_vae(path)
+    if not isinstance(vae, torch.nn.Module) or not hasattr(vae, "latent_channels") or \
+            not hasattr(vae, "downsample_factor"):
+        raise ValueError(f"--vae {path}: expected a fastgen VAE checkpoint, got a {type(vae).__name__}")
+    return vae.to(device)
+
+
+def cmd_train_ldm(args: argparse.Namespace) -> int:
+    from ..data import load_dataset
+    from ..diffusion import GaussianDiffusion, LatentDiffusion, make_schedule
+    from ..models.unet import PRESETS, UNet
+    from . import LatentDiffusionTrainer, init_distributed
+    from .distributed import shutdown
+
+    try:
+        device = _device(args.device)
+        info = init_distributed(device=device)
+        if device.type == "cuda" and info.enabled:
+            device = torch.device("cuda", info.local_rank)
+        vae = _load_vae(args.vae, device)
+        size = args.size or getattr(vae, "image_size", None)
+        if size is None:
+            raise ValueError("--size: the autoencoder does not say its image size; pass --size")
+        data = load_dataset(args.data, size)
+        channels = data[0][0].shape[0]
+        if getattr(vae, "in_channels", channels) != channels:
+            raise ValueError(f"--data: the images have {channels} channel(s) but the VAE takes {vae.in_channels}")
+        factor = vae.downsample_factor
+        if size % factor:
+            raise ValueError(f"--size {size} is not divisible by the VAE's downsampling factor {factor}")
+        num_classes = None if args.unconditional else getattr(data, "num_classes", None)
+        lat_ch = vae.latent_channels
+        lat_size = size // factor
+        down = 2 ** (len(PRESETS[args.preset]["channel_mult"]) - 1)
+        if lat_size % down:
+            raise ValueError(f"--size {size}: the latents are {lat_size}x{lat_size}, which the {args.preset!r} U-Net "
+                             f"cannot downsample {down}x; use a size divisible by {factor * down}")
+        torch.manual_seed(args.seed)
+        unet = UNet.from_preset(args.preset, image_size=lat_size, in_channels=lat_ch, num_classes=num_classes,
+                                dropout=args.dropout)
+        diffusion = GaussianDiffusion(unet, make_schedule(args.schedule), prediction_type=args.prediction_type,
+                                      num_classes=num_classes, p_uncond=args.p_uncond)
+        ldm = LatentDiffusion(vae, diffusion, latent_shape=(lat_ch, lat_size, lat_size),
+                              posterior="sample" if args.sample_posterior else "mean")
+        trainer = LatentDiffusionTrainer(
+            ldm, data, scale_samples=args.scale_samples, batch_size=args.batch_size, lr=args.lr,
+            warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, decay_steps=args.decay_steps,
+            grad_clip=args.grad_clip if args.grad_clip > 0 else None,
+            ema_decay=args.ema_decay if args.ema_decay > 0 else None, bf16=args.bf16, seed=args.seed,
+            out_dir=args.out, log_every=args.log_every, sample_every=args.sample_every,
+            checkpoint_every=args.checkpoint_every, sample_steps=args.sample_steps, guidance_scale=args.guidance,
+            num_workers=args.num_workers, progress=not args.no_progress, device=device)
+        _resume(trainer, args, info)
+        summary = trainer.train(args.steps)
+        if info.is_main:
+            grid = trainer.save_samples(Path(args.out) / "samples" / "final.png")
+            print(f"trained {summary['steps']} steps ({summary['it_per_s']:.2f} it/s on {info.world_size} "
+                  f"process(es)), loss {summary.get('loss', float('nan')):.4f}, latent scale factor "
+                  f"{float(ldm.scale_factor):.4f}; checkpoints in {Path(args.out) / 'checkpoints'}, samples in {grid}")
+        shutdown()
+    except USER_ERRORS as exc:
+        return _fail("train", exc)
+    return 0
+
+
+def _class_labels(args, num_classes):
+    if num_classes is not None:
+        if args.class_label is not None and not 0 <= args.class_label < num_classes:
+            raise ValueError(f"--class-label must be in [0, {num_classes - 1}], got {args.class_label}")
+        return (torch.full((args.num_images,), args.class_label) if args.class_label is not None
+                else torch.arange(args.num_images) % num_classes)
+    if args.class_label is not None:
+        raise ValueError("--class-label: this model is unconditional")
+    return None
+
+
+def _sample_ldm(args, ldm, device) -> int:
+    from ..images import save_image_grid
+
+    labels = _class_labels(args, ldm.num_classes)
+    # latents are not bounded like images: the sampler never clamps them (--no-clip has no effect);
+    # the decoded images are clamped to [-1, 1]
+    images = ldm.sample(args.num_images, sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance,
+                        class_labels=labels, generator=torch.Generator(device).manual_seed(args.seed),
+                        progress=not args.no_progress)
+    w, h = save_image_grid(images, args.out, upscale=max(1, 64 // images.shape[-1]))
+    print(f"wrote {args.out} ({w}x{h}, {args.num_images} samples, latent diffusion, {args.sampler} {args.steps} steps)")
+    return 0
+
+
 def _sample_gan(args, G, device) -> int:
     from ..images import save_image_grid
 
@@ -268,18 +373,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         kind, model = _load_for_sampling(args, path, device)
         if kind == "gan":
             return _sample_gan(args, model, device)
+        if kind == "latent_diffusion":
+            return _sample_ldm(args, model, device)
         from ..images import save_image_grid
 
         diffusion = model
         shape = (args.num_images, diffusion.model.in_channels, diffusion.model.image_size, diffusion.model.image_size)
-        labels = None
-        if diffusion.num_classes is not None:
-            if args.class_label is not None and not 0 <= args.class_label < diffusion.num_classes:
-                raise ValueError(f"--class-label must be in [0, {diffusion.num_classes - 1}], got {args.class_label}")
-            labels = (torch.full((args.num_images,), args.class_label) if args.class_label is not None
-                      else torch.arange(args.num_images) % diffusion.num_classes)
-        elif args.class_label is not None:
-            raise ValueError("--class-label: this model is unconditional")
+        labels = _class_labels(args, diffusion.num_classes)
         images = diffusion.sample(shape, sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance,
                                   class_labels=labels, generator=torch.Generator(device).manual_seed(args.seed),
                                   progress=not args.no_progress, sampler_kwargs={"clip_sample": not args.no_clip})
@@ -355,6 +455,36 @@ def add_parsers(sub) -> None:
     _run_args(p, "runs/ddpm")
     p.set_defaults(func=cmd_train, subparser=p)
 
+    q = models.add_parser("ldm", help="latent diffusion: a U-Net on the latents of a trained (frozen) VAE")
+    q.add_argument("--vae", required=True, help="the VAE: a 'fastgen train vae' checkpoint file or run folder")
+    q.add_argument("--data", default="shapes", help="'shapes' (embedded, default), 'digits' or a folder of images")
+    q.add_argument("--size", type=_positive(int), default=None, help="image size (default: the VAE's)")
+    q.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                   help="U-Net preset, built at the latent size with the latent channels (default tiny)")
+    q.add_argument("--dropout", type=_non_negative(float), default=0.0, help="ResBlock dropout (default 0)")
+    q.add_argument("--schedule", choices=("linear", "cosine", "scaled_linear", "sigmoid"), default="linear")
+    q.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
+    q.add_argument("--unconditional", action="store_true",
+                   help="ignore the dataset's labels (default: class-conditional on labelled data, as train ddpm)")
+    q.add_argument("--p-uncond", type=_non_negative(float), default=0.1, help="CFG label dropout (default 0.1)")
+    q.add_argument("--sample-posterior", action="store_true",
+                   help="encode images to a posterior sample (default: the posterior mean)")
+    q.add_argument("--scale-samples", type=_positive(int), default=256,
+                   help="images used to estimate the latent scale factor (default 256)")
+    q.add_argument("--steps", type=_non_negative(int), default=1000, help="training steps to run (default 1000)")
+    q.add_argument("--batch-size", type=_positive(int), default=64, help="global batch (default 64)")
+    q.add_argument("--lr", type=_positive(float), default=1e-3, help="AdamW learning rate (default 1e-3)")
+    q.add_argument("--warmup-steps", type=_non_negative(int), default=100)
+    q.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant")
+    q.add_argument("--decay-steps", type=_positive(int), default=None)
+    q.add_argument("--grad-clip", type=_non_negative(float), default=1.0, help="0: no clipping (default 1)")
+    q.add_argument("--ema-decay", type=_non_negative(float), default=0.999, help="0: no EMA (default 0.999)")
+    q.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
+    q.add_argument("--sample-steps", type=_positive(int), default=50)
+    q.add_argument("--guidance", type=_non_negative(float), default=2.0, help="CFG scale of the sample grids")
+    _run_args(q, "runs/ldm")
+    q.set_defaults(func=cmd_train, subparser=q)
+
     from ..models.stylegan import PRESETS as SG_PRESETS
 
     g = models.add_parser("stylegan", help="StyleGAN2 / StyleGAN (lazy R1, path length, style mixing, EMA)")
@@ -404,7 +534,8 @@ def add_parsers(sub) -> None:
         z.set_defaults(func=cmd_train, subparser=z)
 
     s = sub.add_parser("sample", help="sample a PNG grid from a training checkpoint",
-                       description="Sample from a 'fastgen train ddpm' checkpoint (file or run folder).")
+                       description="Sample from a 'fastgen train ddpm|ldm' checkpoint or a GAN "
+                                   "checkpoint (file or run folder).")
     s.add_argument("--checkpoint", required=True, help="a step_*.safetensors file or a run folder")
     s.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     s.add_argument("--steps", type=_positive(int), default=50)
@@ -413,7 +544,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--class-label", type=int, default=None, help="one class for all (default: cycle)")
     s.add_argument("--seed", type=_non_negative(int), default=0)
     s.add_argument("--no-ema", action="store_true", help="the raw trained weights instead of the EMA")
-    s.add_argument("--no-clip", action="store_true", help="do not clamp x0 predictions to [-1, 1]")
+    s.add_argument("--no-clip", action="store_true", help="do not clamp x0 predictions to [-1, 1] (pixel-space "
+                   "diffusion; latent-diffusion latents are never clamped)")
     s.add_argument("--truncation", type=_non_negative(float), default=1.0,
                    help="GAN checkpoints: truncation psi around the mean w (default 1: none)")
     s.add_argument("--out", default="samples.png")

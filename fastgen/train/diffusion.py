@@ -243,12 +243,19 @@ def load_diffusion(path: Union[str, Path], *, ema: bool = True,
                    device: Union[str, torch.device] = "cpu") -> GaussianDiffusion:
     """Rebuild the trained :class:`GaussianDiffusion` (a fastgen U-Net inside) from a trainer checkpoint,
     with the EMA weights (``ema=True``, when the run kept them) or the raw trained ones, in eval mode."""
-    from ..diffusion.schedules import DiscreteSchedule
-    from ..models.unet import UNet
-
     tensors, meta = ckpt.load_checkpoint(path)
     if meta.get("kind") != "diffusion":
         raise ValueError(f"checkpoint {str(path)!r} is not a diffusion checkpoint (kind {meta.get('kind')!r})")
+    return diffusion_from_checkpoint(tensors, meta, path, ema=ema).to(device).eval()
+
+
+def diffusion_from_checkpoint(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path, *,
+                              ema: bool = True) -> GaussianDiffusion:
+    """The :class:`GaussianDiffusion` of loaded checkpoint contents (``model/``, ``ema/``,
+    ``schedule/betas`` and the ``model_class``/``model_config``/``diffusion`` metadata), on the CPU."""
+    from ..diffusion.schedules import DiscreteSchedule
+    from ..models.unet import UNet
+
     if meta.get("model_class") != "UNet" or not isinstance(meta.get("model_config"), dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {meta.get('model_class')!r} model; only fastgen UNet "
                          "checkpoints can be rebuilt without code (load the tensors yourself with "
@@ -274,4 +281,4 @@ def load_diffusion(path: Union[str, Path], *, ema: bool = True,
                                       num_classes=d["num_classes"], p_uncond=d["p_uncond"], learn_sigma=d["learn_sigma"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint {str(path)!r} has a bad diffusion setting: {type(exc).__name__}: {exc}") from exc
-    return diffusion.to(device).eval()
+    return diffusion
