@@ -1,10 +1,11 @@
-"""Training: the diffusion and GAN trainers, EMA, checkpoints (safetensors, atomic, exact resume) and
+"""Training: the diffusion, GAN and VAE trainers, EMA, checkpoints (safetensors, atomic, exact resume) and
 torchrun/DDP helpers."""
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .diffusion import DiffusionTrainer, StepBatches, load_diffusion
 from .distributed import DistInfo, init_distributed
 from .ema import EMA
 from .gan import GANTrainer, load_generator
+from .vae import VAETrainer, load_vae
 
-__all__ = ["DiffusionTrainer", "load_diffusion", "GANTrainer", "load_generator", "StepBatches", "EMA", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+__all__ = ["DiffusionTrainer", "load_diffusion", "GANTrainer", "load_generator", "VAETrainer", "load_vae", "StepBatches", "EMA", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
            "init_distributed", "DistInfo"]
