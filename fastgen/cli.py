@@ -5,7 +5,8 @@
     fastgen demo [options]    a few-second DDIM sampling demo on an embedded dataset (see fastgen.demo)
     fastgen train ddpm ...    train a diffusion U-Net (torchrun-compatible; see fastgen.train.commands)
     fastgen train stylegan .. train a StyleGAN2 / StyleGAN (torchrun-compatible)
-    fastgen sample ...        a PNG grid of samples from a training checkpoint (diffusion or GAN)
+    fastgen train vae ...     train a VAE (--adversarial: the VAE-GAN; torchrun-compatible)
+    fastgen sample ...        a PNG grid of samples from a training checkpoint (diffusion, GAN or VAE)
 """
 from __future__ import annotations
 
