@@ -240,11 +240,11 @@ class VAE(nn.Module):
                              f"(channel_mult has {len(channel_mult)} levels)")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"VAE: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        if not (isinstance(beta, (int, float)) and beta >= 0 and math.isfinite(beta)):
+        if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and beta >= 0 and math.isfinite(beta)):
             raise ValueError(f"VAE: beta must be a finite float >= 0, got {beta!r}")
-        if not (isinstance(sigma_x, (int, float)) and sigma_x > 0 and math.isfinite(sigma_x)):
+        if isinstance(sigma_x, bool) or not (isinstance(sigma_x, (int, float)) and sigma_x > 0 and math.isfinite(sigma_x)):
             raise ValueError(f"VAE: sigma_x must be a finite float > 0, got {sigma_x!r}")
-        if not 0.0 <= dropout < 1.0:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"VAE: dropout must be in [0, 1), got {dropout!r}")
         self.config = dict(image_size=image_size, in_channels=in_channels, base_channels=base_channels,
                            channel_mult=list(channel_mult), num_res_blocks=num_res_blocks,
