@@ -105,7 +105,10 @@ class DiagonalGaussian:
     def rsample_with_kl(self, *, generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None,
                         seed: Optional[int] = None, offset: int = 0):
         """A reparameterised sample and the per-sample ``KL(q || N(0, I))`` from the fused op
-        (:func:`fastgen.functional.reparameterize`; differentiable w.r.t. mean and logvar)."""
+        (:func:`fastgen.functional.reparameterize`; differentiable w.r.t. mean and logvar). A given
+        ``noise`` is cast to the mean's dtype (under bf16 autocast the encoder's output is bf16)."""
+        if isinstance(noise, torch.Tensor) and noise.dtype != self.mean.dtype:
+            noise = noise.to(self.mean.dtype)
         return reparameterize(self.mean, self.logvar, noise=noise, generator=generator, seed=seed, offset=offset)
 
     def sample(self, *, generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None,
