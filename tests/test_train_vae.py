@@ -79,6 +79,19 @@ def test_train_logs_grids_checkpoints_and_kl_warmup(tmp_path):
     torch.testing.assert_close(vae.reconstruct(x), tr.ema.module.reconstruct(x))
 
 
+def test_bf16_autocast_and_bernoulli_steps_are_finite():
+    torch.manual_seed(0)
+    tr = VAETrainer(VAE.from_preset("tiny", likelihood="bernoulli"), small_data(), batch_size=8, bf16=True,
+                    grad_clip=1.0, progress=False, log_every=0)
+    for _ in range(2):
+        out = tr.step()
+        assert all(torch.isfinite(v) for v in out.values()), out
+    assert tr._last_grad_norm is not None and all(p.dtype == torch.float32 for p in tr.vae.parameters())
+    r = _vaegan(bf16=True)
+    out = r.step(make_shapes(SIZE, 16)[0])
+    assert all(torch.isfinite(v) for v in out.values()), out
+
+
 def test_resume_is_exact(tmp_path):
     """train 4 steps == train 2, checkpoint, resume in a fresh trainer (other initial weights), train 2."""
     a = small_vae_trainer(kl_warmup_steps=3)
