@@ -28,7 +28,9 @@ batch's. The VAE's ``likelihood``/``sigma_x`` are not used here (the reconstruct
 the decoder's mean image).
 
 The generator step runs before the discriminator step on the same reconstructions (as latent
-diffusion alternates them). Sample grids (:meth:`VAEGANTraining.sample`) are rows of (input,
+diffusion alternates them). A step returns (and GANTrainer logs) ``l1``, ``kl`` (nats per image,
+before the division by D), ``g`` (loss_G) and, once the adversarial term is on, ``g_adv``,
+``adv_weight`` (lambda), ``d`` (loss_D), ``d_real`` / ``d_fake`` (mean patch logits). Sample grids (:meth:`VAEGANTraining.sample`) are rows of (input,
 reconstruction, prior sample) for the first training batch's images.
 """
 from __future__ import annotations
