@@ -8,6 +8,12 @@ GroupNorm+SiLU, attention, reparameterisation + KL) against the same model on pl
 * ``kl-f4``: latent diffusion's KL-f4 autoencoder shape at 64px, batch 8 (timed runs only: seconds
   per call on a CPU; skipped under ``--benchmark-disable``).
 
+Measured (shared 2-core CPU with other jobs running, load 3-5; 1 thread; medians of 3 interleaved
+single calls): shapes32 b32 1178 ms vs 1202 ms eager (1.02x; THP allocator 1108 vs 1112 ms, 1.00x);
+kl-f4 64px b8 14.3 s vs 14.7 s (1.03x, default allocator). With 2 threads the contended machine
+gave 1.11x and 0.88x in two runs (noise). The convolutions (torch's in both) dominate the step; the
+fused GroupNorm+SiLU / reparameterisation save a few percent at most here.
+
 Both contenders get the same images and the same explicit posterior noise. Checked outputs: the
 loss and, for a few parameters (the first and last convolutions of encoder and decoder, a GroupNorm
 weight, the attention's qkv weight, log sigma_x), the gradient's norm and its direction (the gradient
