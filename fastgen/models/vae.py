@@ -51,10 +51,10 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 PRESETS: Dict[str, dict] = {
-    # CPU tests: 16x16 -> 4x8x8, ~0.1M params
+    # CPU tests: 16x16 -> 4x8x8, ~0.16M params
     "tiny": dict(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, latent_channels=4,
                  attention=False, num_groups=8),
-    # the embedded shapes dataset / the LDM demo: 32x32 -> 4x8x8 (f4), ~2M params
+    # the embedded shapes dataset / the LDM demo: 32x32 -> 4x8x8 (f4), ~2.7M params
     "shapes32": dict(image_size=32, base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, latent_channels=4,
                      attention=True, num_groups=8),
     # latent diffusion's KL-f4 autoencoder shape (Rombach et al. 2022), 64x64 -> 3x16x16
@@ -392,9 +392,9 @@ class VAE(nn.Module):
     def bits_per_dim(self, log_likelihood: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-sample nats (from :meth:`elbo` / :meth:`iwae_log_likelihood`) to bits per dimension.
 
-        Gaussian: the density of images in [-1, 1] rescaled to [0, 256), i.e. the usual 8-bit
+        Gaussian: the density of images in [-1, 1] rescaled to [0, 255] (x = p / 127.5 - 1), i.e. the usual 8-bit
         figure up to the discretisation, ``-(log p(x) - D log 127.5) / (D log 2)``. Bernoulli:
-        ``-log p(x) / (D log 2)`` of the binarised targets.
+        ``-log p(x) / (D log 2)`` of the targets ``(x + 1) / 2``.
         """
         d = x[0].numel()
         shift = d * math.log(127.5) if self.likelihood == "gaussian" else 0.0
