@@ -8,11 +8,12 @@ GroupNorm+SiLU, attention, reparameterisation + KL) against the same model on pl
 * ``kl-f4``: latent diffusion's KL-f4 autoencoder shape at 64px, batch 8 (timed runs only: seconds
   per call on a CPU; skipped under ``--benchmark-disable``).
 
-Measured (shared 2-core CPU with other jobs running, load 3-5; 1 thread; medians of 3 interleaved
-single calls): shapes32 b32 1178 ms vs 1202 ms eager (1.02x; THP allocator 1108 vs 1112 ms, 1.00x);
-kl-f4 64px b8 14.3 s vs 14.7 s (1.03x, default allocator). With 2 threads the contended machine
-gave 1.11x and 0.88x in two runs (noise). The convolutions (torch's in both) dominate the step; the
-fused GroupNorm+SiLU / reparameterisation save a few percent at most here.
+Measured on a shared 2-core CPU (medians of 3 interleaved single calls; fastgen vs eager):
+2 threads, machine nearly idle (load ~1): shapes32 b32 438 vs 465 ms (1.06x; THP allocator 395 vs
+418 ms, 1.06x); kl-f4 64px b8 7.30 vs 8.18 s (1.12x; the THP rerun met other jobs: 20.5 vs 22.6 s,
+1.10x). 1 thread under load ~4: shapes32 1178 vs 1202 ms (1.02x; THP 1.00x), kl-f4 14.3 vs 14.7 s
+(1.03x). The convolutions (torch's in both) dominate the step; the fused GroupNorm+SiLU / attention
+/ reparameterisation save 0-12% of it.
 
 Both contenders get the same images and the same explicit posterior noise. Checked outputs: the
 loss and, for a few parameters (the first and last convolutions of encoder and decoder, a GroupNorm

@@ -26,8 +26,10 @@ def test_shapes32_vae_reconstructs_held_out_shapes():
     Measured once with exactly this configuration (1 thread, on a shared 2-core machine): EMA-model
     MSE 0.271 / 0.150 / 0.101 / 0.0668 at steps 1000 / 1500 / 1750 / 2000 (the pixel variance is
     0.66), so the threshold leaves ~1.8x margin (about 250 steps' worth) for a run on other threads
-    or hardware, whose float rounding takes another trajectory. Cost: ~0.23 CPU-seconds per step
-    single-threaded (470 s for the 2000 steps), i.e. ~8 min of one quiet core, less on two.
+    or hardware, whose float rounding takes another trajectory. This test run with
+    OMP_NUM_THREADS=1 on the nearly idle machine: 448 s of training, MSE 0.0668, ELBO -977.7 nats
+    (7.45 bits/dim), sigma_x 0.208. With 2 threads on the same machine while other jobs ran (load
+    ~5) it had not finished after 32 min: on a busy machine run it single-threaded.
     """
     torch.manual_seed(0)
     vae = VAE.from_preset("shapes32")
