@@ -8,7 +8,8 @@
     fastgen train ddpm ...    train a diffusion U-Net (torchrun-compatible; see fastgen.train.commands)
     fastgen train ldm ...     latent diffusion on a trained VAE's latents (torchrun-compatible)
     fastgen train stylegan .. train a StyleGAN2 / StyleGAN (torchrun-compatible)
-    fastgen sample ...        a PNG grid of samples from a training checkpoint (diffusion, latent diffusion or GAN)
+    fastgen train vae ...     train a VAE (--adversarial: the VAE-GAN; torchrun-compatible)
+    fastgen sample ...        a PNG grid of samples from a training checkpoint (diffusion, latent diffusion, GAN or VAE)
     fastgen bench [options]   run the benchmark suite (or read its JSON) and write a markdown report and
                               a PNG chart of the speedups (see fastgen.report)
 """

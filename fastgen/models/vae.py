@@ -51,10 +51,10 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 PRESETS: Dict[str, dict] = {
-    # CPU tests: 16x16 -> 4x8x8, ~0.1M params
+    # CPU tests: 16x16 -> 4x8x8, ~0.16M params
     "tiny": dict(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, latent_channels=4,
                  attention=False, num_groups=8),
-    # the embedded shapes dataset / the LDM demo: 32x32 -> 4x8x8 (f4), ~2M params
+    # the embedded shapes dataset / the LDM demo: 32x32 -> 4x8x8 (f4), ~2.7M params
     "shapes32": dict(image_size=32, base_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, latent_channels=4,
                      attention=True, num_groups=8),
     # latent diffusion's KL-f4 autoencoder shape (Rombach et al. 2022), 64x64 -> 3x16x16
@@ -105,7 +105,10 @@ class DiagonalGaussian:
     def rsample_with_kl(self, *, generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None,
                         seed: Optional[int] = None, offset: int = 0):
         """A reparameterised sample and the per-sample ``KL(q || N(0, I))`` from the fused op
-        (:func:`fastgen.functional.reparameterize`; differentiable w.r.t. mean and logvar)."""
+        (:func:`fastgen.functional.reparameterize`; differentiable w.r.t. mean and logvar). A given
+        ``noise`` is cast to the mean's dtype (under bf16 autocast the encoder's output is bf16)."""
+        if isinstance(noise, torch.Tensor) and noise.dtype != self.mean.dtype:
+            noise = noise.to(self.mean.dtype)
         return reparameterize(self.mean, self.logvar, noise=noise, generator=generator, seed=seed, offset=offset)
 
     def sample(self, *, generator: Optional[torch.Generator] = None, noise: Optional[torch.Tensor] = None,
@@ -240,11 +243,11 @@ class VAE(nn.Module):
                              f"(channel_mult has {len(channel_mult)} levels)")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"VAE: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        if not (isinstance(beta, (int, float)) and beta >= 0 and math.isfinite(beta)):
+        if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and beta >= 0 and math.isfinite(beta)):
             raise ValueError(f"VAE: beta must be a finite float >= 0, got {beta!r}")
-        if not (isinstance(sigma_x, (int, float)) and sigma_x > 0 and math.isfinite(sigma_x)):
+        if isinstance(sigma_x, bool) or not (isinstance(sigma_x, (int, float)) and sigma_x > 0 and math.isfinite(sigma_x)):
             raise ValueError(f"VAE: sigma_x must be a finite float > 0, got {sigma_x!r}")
-        if not 0.0 <= dropout < 1.0:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"VAE: dropout must be in [0, 1), got {dropout!r}")
         self.config = dict(image_size=image_size, in_channels=in_channels, base_channels=base_channels,
                            channel_mult=list(channel_mult), num_res_blocks=num_res_blocks,
@@ -389,9 +392,9 @@ class VAE(nn.Module):
     def bits_per_dim(self, log_likelihood: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-sample nats (from :meth:`elbo` / :meth:`iwae_log_likelihood`) to bits per dimension.
 
-        Gaussian: the density of images in [-1, 1] rescaled to [0, 256), i.e. the usual 8-bit
+        Gaussian: the density of images in [-1, 1] rescaled to [0, 255] (x = p / 127.5 - 1), i.e. the usual 8-bit
         figure up to the discretisation, ``-(log p(x) - D log 127.5) / (D log 2)``. Bernoulli:
-        ``-log p(x) / (D log 2)`` of the binarised targets.
+        ``-log p(x) / (D log 2)`` of the targets ``(x + 1) / 2``.
         """
         d = x[0].numel()
         shift = d * math.log(127.5) if self.likelihood == "gaussian" else 0.0

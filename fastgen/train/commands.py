@@ -1,14 +1,17 @@
-"""``fastgen train ddpm|ldm|stylegan|...`` and ``fastgen sample``: the trainers and the samplers from the command line.
+"""``fastgen train ddpm|ldm|stylegan|vae|...`` and ``fastgen sample``: the trainers and the samplers from the command line.
 
     fastgen train ddpm --data shapes --size 16 --steps 2000 --out runs/ddpm
     fastgen train ldm --vae runs/vae --data shapes --steps 5000 --out runs/ldm        # latent diffusion
     fastgen train stylegan --data shapes --size 32 --steps 5000 --out runs/stylegan
     fastgen train dcgan|wgan-gp|pix2pix|cyclegan --size 32 --steps 2000               # the GAN zoo
+    fastgen train vae --data shapes --size 32 --steps 5000 --out runs/vae            # a VAE (shapes32 preset)
+    fastgen train vae --adversarial --out runs/vaegan                                # VAE-GAN (PatchGAN, L1 + KL + adv)
     torchrun --nproc_per_node=2 -m fastgen train ddpm --data shapes --out runs/ddpm   # data parallel
     fastgen train ddpm --out runs/ddpm --resume --steps 1000                           # 1000 more steps
     fastgen sample --checkpoint runs/ddpm --sampler ddim --steps 50 --guidance 3 --out grid.png
     fastgen sample --checkpoint runs/stylegan --truncation 0.7 --out grid.png              # a GAN checkpoint
     fastgen sample --checkpoint runs/ldm --sampler ddim --steps 50 --guidance 3 --out grid.png  # latent diffusion
+    fastgen sample --checkpoint runs/vae --num-images 16 --out grid.png                    # VAE prior samples
 
 Bad settings, a missing data folder or a bad checkpoint print one line and exit non-zero.
 """
@@ -45,14 +48,18 @@ def _fail(command: str, exc: BaseException) -> int:
 
 
 def _load_for_sampling(args, path: Path, device):
-    """``("gan", generator)``, ``("latent_diffusion", LatentDiffusion)`` or ``("diffusion", GaussianDiffusion)``
+    """``("gan", generator)``, ``("vae", VAE)`` (VAE and VAE-GAN checkpoints), ``("latent_diffusion",
+    LatentDiffusion)`` or ``("diffusion", GaussianDiffusion)``
     from a checkpoint file; a checkpoint that reads but does not rebuild (missing entries, tensors
     that do not fit the recorded network) is a ValueError naming ``--checkpoint``."""
     from . import checkpoint as ckpt
-    from . import load_diffusion, load_generator, load_latent_diffusion
+    from . import load_diffusion, load_generator, load_latent_diffusion, load_vae
 
     try:
-        kind = ckpt.load_checkpoint(path)[1].get("kind")
+        meta = ckpt.load_checkpoint(path)[1]
+        kind = meta.get("kind")
+        if kind == "vae" or (kind == "gan" and (meta.get("config") or {}).get("recipe") == "vaegan"):
+            return "vae", load_vae(path, ema=not args.no_ema, device=device)
         if kind == "gan":
             return "gan", load_generator(path, ema=not args.no_ema, device=device)
         if kind == "latent_diffusion":
@@ -70,6 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return cmd_train_zoo(args)
     if args.model == "ldm":
         return cmd_train_ldm(args)
+    if args.model == "vae":
+        return cmd_train_vae(args)
     return cmd_train_ddpm(args)
 
 
@@ -237,6 +246,62 @@ def cmd_train_ddpm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_vae(args: argparse.Namespace) -> int:
+    from ..data import load_dataset
+    from ..gan import VAEGANTraining
+    from ..models import PatchGANDiscriminator
+    from ..models.vae import VAE
+    from . import GANTrainer, VAETrainer, init_distributed
+    from .distributed import shutdown
+
+    try:
+        device = _device(args.device)
+        info = init_distributed(device=device)
+        if device.type == "cuda" and info.enabled:
+            device = torch.device("cuda", info.local_rank)
+        if not args.adversarial:
+            for flag, value, default in (("--disc-start", args.disc_start, 0), ("--adv-weight", args.adv_weight, 0.5),
+                                         ("--gan-loss", args.gan_loss, "hinge")):
+                if value != default:
+                    raise ValueError(f"{flag} only applies with --adversarial")
+        elif args.kl_warmup_steps:
+            raise ValueError("--kl-warmup-steps applies to the plain VAE (not --adversarial)")
+        data = load_dataset(args.data, args.size)
+        torch.manual_seed(args.seed)
+        beta = args.beta if args.beta is not None else (1e-6 if args.adversarial else 1.0)
+        lr = args.lr if args.lr is not None else (2e-4 if args.adversarial else 1e-3)
+        vae = VAE.from_preset(args.preset, image_size=args.size, in_channels=data[0][0].shape[0],
+                              likelihood=args.likelihood, beta=1.0 if args.adversarial else beta).to(device)
+        ema = args.ema_decay if args.ema_decay > 0 else None
+        common = dict(batch_size=args.batch_size, seed=args.seed, out_dir=args.out, log_every=args.log_every,
+                      sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+                      num_workers=args.num_workers, progress=not args.no_progress)
+        if args.adversarial:
+            n_layers = 3 if args.size >= 64 else (2 if args.size >= 32 else 1)
+            D = PatchGANDiscriminator(in_channels=vae.in_channels, base_channels=vae.config["base_channels"],
+                                      n_layers=n_layers).to(device)
+            recipe = VAEGANTraining(vae, D, batch_size=args.batch_size, beta_kl=beta, adv_weight=args.adv_weight,
+                                    disc_start=args.disc_start, loss=args.gan_loss, lr=lr, ema_decay=ema,
+                                    bf16=args.bf16, generator=torch.Generator().manual_seed(args.seed))
+            trainer = GANTrainer(recipe, data, **common)
+        else:
+            trainer = VAETrainer(vae, data, lr=lr, grad_clip=args.grad_clip if args.grad_clip > 0 else None,
+                                 ema_decay=ema, kl_warmup_steps=args.kl_warmup_steps, bf16=args.bf16,
+                                 device=device, **common)
+        _resume(trainer, args, info)
+        summary = trainer.train(args.steps)
+        if info.is_main:
+            grid = trainer.save_samples(Path(args.out) / "samples" / "final.png")
+            losses = ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
+                               if k not in ("steps", "seconds", "it_per_s", "lr", "grad_norm"))
+            print(f"trained {summary['steps']} steps ({summary['it_per_s']:.2f} it/s on {info.world_size} "
+                  f"process(es)), {losses}; checkpoints in {Path(args.out) / 'checkpoints'}, samples in {grid}")
+        shutdown()
+    except USER_ERRORS as exc:
+        return _fail("train", exc)
+    return 0
+
+
 def _load_vae(path: str, device):
     """The autoencoder of ``--vae``: a VAE trainer checkpoint (file or run folder) via
     ``fastgen.train.vae.load_vae``, imported here so this module does not depend on it."""
@@ -335,6 +400,21 @@ def _sample_ldm(args, ldm, device) -> int:
     return 0
 
 
+def _sample_vae(args, vae, device) -> int:
+    from ..images import save_image_grid
+
+    if args.class_label is not None:
+        raise ValueError("--class-label: a VAE is unconditional")
+    if args.truncation != 1.0:
+        raise ValueError("--truncation applies to StyleGAN checkpoints; for a VAE use --temperature")
+    with torch.no_grad():
+        images = vae.sample(args.num_images, generator=torch.Generator(device).manual_seed(args.seed),
+                            temperature=args.temperature)
+    w, h = save_image_grid(images, args.out, upscale=max(1, 64 // vae.image_size))
+    print(f"wrote {args.out} ({w}x{h}, {args.num_images} VAE prior samples, temperature {args.temperature})")
+    return 0
+
+
 def _sample_gan(args, G, device) -> int:
     from ..images import save_image_grid
 
@@ -371,6 +451,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
             if path.is_dir():
                 raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no step_*.safetensors checkpoint there")
         kind, model = _load_for_sampling(args, path, device)
+        if kind == "vae":
+            return _sample_vae(args, model, device)
+        if args.temperature != 1.0:
+            raise ValueError("--temperature applies to VAE checkpoints")
         if kind == "gan":
             return _sample_gan(args, model, device)
         if kind == "latent_diffusion":
@@ -533,9 +617,41 @@ def add_parsers(sub) -> None:
         _run_args(z, f"runs/{name}")
         z.set_defaults(func=cmd_train, subparser=z)
 
+    from ..models.vae import LIKELIHOODS, PRESETS as VAE_PRESETS
+
+    v = models.add_parser("vae", help="a convolutional VAE (beta-ELBO, KL warm-up, EMA); --adversarial: VAE-GAN")
+    v.add_argument("--data", default="shapes", help="'shapes' (embedded, default), 'digits' or a folder of images")
+    v.add_argument("--size", type=_positive(int), default=32, help="image size (default 32)")
+    v.add_argument("--preset", choices=sorted(VAE_PRESETS), default="shapes32",
+                   help="network widths (default shapes32; --size sets the resolution)")
+    v.add_argument("--likelihood", choices=LIKELIHOODS, default="gaussian",
+                   help="decoder likelihood (default gaussian, with a learned sigma_x)")
+    v.add_argument("--beta", type=_non_negative(float), default=None,
+                   help="KL weight: beta of the beta-ELBO (default 1); with --adversarial the weight of the "
+                        "per-dimension KL (default 1e-6, latent diffusion's)")
+    v.add_argument("--kl-warmup-steps", type=_non_negative(int), default=0,
+                   help="ramp beta linearly over this many steps (default 0: none)")
+    v.add_argument("--adversarial", action="store_true",
+                   help="train the VAE-GAN (PatchGAN discriminator, L1 + KL + adversarial loss)")
+    v.add_argument("--disc-start", type=_non_negative(int), default=0,
+                   help="--adversarial: the step from which the discriminator trains (default 0)")
+    v.add_argument("--adv-weight", type=_non_negative(float), default=0.5,
+                   help="--adversarial: weight of the adversarial term (x the adaptive weight; default 0.5)")
+    v.add_argument("--gan-loss", choices=("hinge", "nonsaturating", "lsgan"), default="hinge",
+                   help="--adversarial: the GAN loss (default hinge)")
+    v.add_argument("--steps", type=_non_negative(int), default=2000, help="training steps to run (default 2000)")
+    v.add_argument("--batch-size", type=_positive(int), default=32, help="global batch (default 32)")
+    v.add_argument("--lr", type=_positive(float), default=None,
+                   help="learning rate: AdamW of the VAE (default 1e-3) / Adam of the VAE-GAN (default 2e-4)")
+    v.add_argument("--grad-clip", type=_non_negative(float), default=0.0, help="0: no clipping (default)")
+    v.add_argument("--ema-decay", type=_non_negative(float), default=0.999, help="0: no EMA (default 0.999)")
+    v.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward pass")
+    _run_args(v, "runs/vae")
+    v.set_defaults(func=cmd_train, subparser=v)
+
     s = sub.add_parser("sample", help="sample a PNG grid from a training checkpoint",
-                       description="Sample from a 'fastgen train ddpm|ldm' checkpoint or a GAN "
-                                   "checkpoint (file or run folder).")
+                       description="Sample from a 'fastgen train' checkpoint (file or run folder): diffusion, "
+                                   "latent diffusion, GAN or VAE (prior samples).")
     s.add_argument("--checkpoint", required=True, help="a step_*.safetensors file or a run folder")
     s.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     s.add_argument("--steps", type=_positive(int), default=50)
@@ -548,6 +664,8 @@ def add_parsers(sub) -> None:
                    "diffusion; latent-diffusion latents are never clamped)")
     s.add_argument("--truncation", type=_non_negative(float), default=1.0,
                    help="GAN checkpoints: truncation psi around the mean w (default 1: none)")
+    s.add_argument("--temperature", type=_non_negative(float), default=1.0,
+                   help="VAE checkpoints: scale of the prior latents (default 1)")
     s.add_argument("--out", default="samples.png")
     s.add_argument("--device", default=None)
     s.add_argument("--no-progress", action="store_true")
