@@ -303,13 +303,9 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
 
 
 def _load_vae(path: str, device):
-    """The autoencoder of ``--vae``: a VAE trainer checkpoint (file or run folder) via
-    ``fastgen.train.vae.load_vae``, imported here so this module does not depend on it."""
-    try:
-        from .vae import load_vae
-    except ImportError as exc:
-        raise ImportError(f"--vae: loading a VAE checkpoint needs fastgen.train.vae.load_vae, which this fastgen "
-                          f"does not have ({exc})") from None
+    """The autoencoder of ``--vae``: a VAE or VAE-GAN trainer checkpoint (file or run folder)."""
+    from .vae import load_vae
+
     vae = load_vae(path)
     if not isinstance(vae, torch.nn.Module) or not hasattr(vae, "latent_channels") or \
             not hasattr(vae, "downsample_factor"):
