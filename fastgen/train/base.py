@@ -157,6 +157,19 @@ class Trainer:
             raise ValueError(f"dataset item shape changed: expected {self.image_shape}, got {tuple(x.shape[1:])}")
         return x, y
 
+    def _optimizer_step(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
+        """Backward, optional grad-norm clipping (``config["grad_clip"]``), the optimizer step and the
+        EMA update of ``model``; counts the step. For single-optimizer trainers (diffusion, VAE)."""
+        loss.backward()
+        grad_norm = None
+        if self.config["grad_clip"] is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config["grad_clip"])
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(model)
+        self.step_count += 1
+        self._last_grad_norm = grad_norm
+
     # ------------------------------------------------------------------ to override
     def _train_step(self) -> Dict[str, torch.Tensor]:
         """One optimisation step; its 0-d losses by name (this process's values, not synchronised)."""

@@ -206,6 +206,17 @@ def cmd_train_stylegan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diffusion_trainer_kwargs(args, device) -> dict:
+    """The DiffusionTrainer settings `fastgen train ddpm` and `fastgen train ldm` share."""
+    return dict(batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+                lr_schedule=args.lr_schedule, decay_steps=args.decay_steps,
+                grad_clip=args.grad_clip if args.grad_clip > 0 else None,
+                ema_decay=args.ema_decay if args.ema_decay > 0 else None, bf16=args.bf16, seed=args.seed,
+                out_dir=args.out, log_every=args.log_every, sample_every=args.sample_every,
+                checkpoint_every=args.checkpoint_every, sample_steps=args.sample_steps, guidance_scale=args.guidance,
+                num_workers=args.num_workers, progress=not args.no_progress, device=device)
+
+
 def cmd_train_ddpm(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..diffusion import GaussianDiffusion, make_schedule
@@ -225,14 +236,7 @@ def cmd_train_ddpm(args: argparse.Namespace) -> int:
                                  num_classes=num_classes, dropout=args.dropout)
         diffusion = GaussianDiffusion(model, make_schedule(args.schedule), prediction_type=args.prediction_type,
                                       num_classes=num_classes, p_uncond=args.p_uncond)
-        trainer = DiffusionTrainer(
-            diffusion, data, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-            lr_schedule=args.lr_schedule, decay_steps=args.decay_steps,
-            grad_clip=args.grad_clip if args.grad_clip > 0 else None,
-            ema_decay=args.ema_decay if args.ema_decay > 0 else None, bf16=args.bf16, seed=args.seed,
-            out_dir=args.out, log_every=args.log_every, sample_every=args.sample_every,
-            checkpoint_every=args.checkpoint_every, sample_steps=args.sample_steps, guidance_scale=args.guidance,
-            num_workers=args.num_workers, progress=not args.no_progress, device=device)
+        trainer = DiffusionTrainer(diffusion, data, **_diffusion_trainer_kwargs(args, device))
         _resume(trainer, args, info)
         summary = trainer.train(args.steps)
         if info.is_main:
@@ -350,14 +354,8 @@ def cmd_train_ldm(args: argparse.Namespace) -> int:
                                       num_classes=num_classes, p_uncond=args.p_uncond)
         ldm = LatentDiffusion(vae, diffusion, latent_shape=(lat_ch, lat_size, lat_size),
                               posterior="sample" if args.sample_posterior else "mean")
-        trainer = LatentDiffusionTrainer(
-            ldm, data, scale_samples=args.scale_samples, batch_size=args.batch_size, lr=args.lr,
-            warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, decay_steps=args.decay_steps,
-            grad_clip=args.grad_clip if args.grad_clip > 0 else None,
-            ema_decay=args.ema_decay if args.ema_decay > 0 else None, bf16=args.bf16, seed=args.seed,
-            out_dir=args.out, log_every=args.log_every, sample_every=args.sample_every,
-            checkpoint_every=args.checkpoint_every, sample_steps=args.sample_steps, guidance_scale=args.guidance,
-            num_workers=args.num_workers, progress=not args.no_progress, device=device)
+        trainer = LatentDiffusionTrainer(ldm, data, scale_samples=args.scale_samples,
+                                         **_diffusion_trainer_kwargs(args, device))
         _resume(trainer, args, info)
         summary = trainer.train(args.steps)
         if info.is_main:

@@ -171,15 +171,7 @@ class DiffusionTrainer(Trainer):
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config["bf16"]):
             loss = (self.ddp or self.diffusion)(x0, t=t, noise=noise, **kw)
-        loss.backward()
-        grad_norm = None
-        if self.config["grad_clip"] is not None:
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.step_count += 1
-        self._last_grad_norm = grad_norm
+        self._optimizer_step(loss, self.model)
         return loss.detach()
 
     def _train_step(self) -> Dict[str, torch.Tensor]:

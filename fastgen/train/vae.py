@@ -165,15 +165,7 @@ class VAETrainer(Trainer):
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config["bf16"]):
             loss, nll, kl = (self.ddp or self.objective)(x, noise, beta)
-        loss.backward()
-        grad_norm = None
-        if self.config["grad_clip"] is not None:
-            grad_norm = nn.utils.clip_grad_norm_(self.vae.parameters(), self.config["grad_clip"])
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.vae)
-        self.step_count += 1
-        self._last_grad_norm = grad_norm
+        self._optimizer_step(loss, self.vae)
         elbo = -(nll + kl).detach()
         return {"loss": loss.detach(), "nll": nll.detach(), "kl": kl.detach(), "elbo": elbo,
                 "bpd": self.vae.bits_per_dim(elbo, x)}
