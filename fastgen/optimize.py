@@ -25,12 +25,16 @@ What is recognised (everything else is left untouched and listed in the report w
 
 Replacements never copy parameters: a module is rewritten by switching its class to a subclass
 whose ``forward`` calls the fused op on the module's own parameters (so state_dict keys, optimizers
-and checkpoints are unchanged), and :func:`restore` switches it back.
+and checkpoints are unchanged), and :func:`restore` switches it back. Optimized models pickle
+(``torch.save(model)``) and deep-copy: the generated subclasses are rebuilt from the original class
+on loading (:func:`_rebuild_fused`), and the loaded model is still optimized; a class with its own
+``__reduce__`` cannot be, and says so (``fastgen.restore`` it before pickling).
 """
 from __future__ import annotations
 
 import copy
 import inspect
+import pickle
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -88,21 +92,55 @@ def _impl(m) -> Optional[str]:
     return getattr(m, _MARK, {}).get("backend")
 
 
-_SUBCLASSES: dict[tuple[type, type], type] = {}
+_SUBCLASSES: dict[tuple[type, type, bool], type] = {}
 
 
 def _fused_class(orig: type, mixin: type, keep_name: bool = False) -> type:
-    key = (orig, mixin)
+    key = (orig, mixin, keep_name)
     if key not in _SUBCLASSES:
         name = orig.__name__ if keep_name else "Fastgen" + orig.__name__
-        cls = type(name, (mixin, orig), {"__module__": __name__, "__qualname__": name})
+        cls = type(name, (mixin, orig), {"__module__": __name__, "__qualname__": name,
+                                         "__reduce_ex__": _fused_reduce_ex})
         _SUBCLASSES[key] = cls
     return _SUBCLASSES[key]
 
 
+def _rebuild_fused(orig: type, mixin: type, keep_name: bool) -> Any:
+    """Unpickling / deepcopy of a rewritten object: a bare instance of its generated class (the
+    state is set afterwards, as for any pickled object)."""
+    cls = _fused_class(orig, mixin, keep_name)
+    return cls.__new__(cls)
+
+
+def _fused_reduce_ex(self, protocol):
+    """``__reduce_ex__`` of the generated classes: they are created at run time and cannot be found
+    by name, so pickle (``torch.save(model)``) and ``copy.deepcopy`` rebuild them from the original
+    class and the mixin (:func:`_rebuild_fused`). Mark entries only valid in this process
+    (``_TRANSIENT``: traced FX code) are dropped from the state; the mixin rebuilds them."""
+    st = self.__dict__[_MARK]
+    orig = st["orig_cls"]
+    for meth in ("__reduce_ex__", "__reduce__"):
+        if getattr(orig, meth, None) is not getattr(object, meth):
+            raise pickle.PicklingError(
+                f"fastgen.optimize: cannot pickle or copy the optimized {orig.__qualname__}: its class defines its "
+                f"own {meth}, which fastgen's generated subclass cannot reproduce; call fastgen.restore(model) "
+                f"first (and fastgen.optimize again after loading)")
+    state = self.__getstate__()
+    if not isinstance(state, dict):
+        raise pickle.PicklingError(f"fastgen.optimize: cannot pickle or copy the optimized {orig.__qualname__}: its "
+                                   f"__getstate__ returns {type(state).__name__}, not a dict; call "
+                                   f"fastgen.restore(model) first")
+    state = dict(state)
+    state[_MARK] = {k: (None if k in _TRANSIENT else v) for k, v in st.items()}
+    return _rebuild_fused, (orig, st["mixin"], st["keep_name"]), state
+
+
+_TRANSIENT: tuple = ()  # mark entries only valid in this process: dropped when pickling / copying
+
+
 def _swap(obj: Any, mixin: type, keep_name: bool = False, **state) -> None:
     orig = type(obj)
-    object.__setattr__(obj, _MARK, dict(orig_cls=orig, **state))
+    object.__setattr__(obj, _MARK, dict(orig_cls=orig, mixin=mixin, keep_name=keep_name, **state))
     obj.__class__ = _fused_class(orig, mixin, keep_name)
 
 

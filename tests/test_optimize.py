@@ -266,3 +266,92 @@ def test_diffusers_ddim_pipeline():
     torch.testing.assert_close(torch.from_numpy(b), torch.from_numpy(a), rtol=1e-4, atol=1e-4)
     assert opt.scheduler.__dict__["_fastgen_opt"]["active"]          # the fused step ran
     assert type(pipe.scheduler).__module__.startswith("diffusers")   # inplace=False: the original is untouched
+
+
+# ----------------------------------------------------------------------------------- pickling / copying
+def _roundtrips(model):
+    """pickle, torch.save (whole module) and deepcopy copies of ``model``."""
+    import io
+    import pickle
+
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    return [pickle.loads(pickle.dumps(model)), torch.load(buf, weights_only=False), copy.deepcopy(model)]
+
+
+def test_pickle_optimized_sequential_cnn():
+    m = _plain_cnn()
+    x = torch.randn(2, 3, 8, 8)
+    opt = fastgen.optimize(m)
+    with torch.no_grad():
+        want = opt(x)
+    for b in _roundtrips(opt):
+        assert [type(c) for c in b] == [type(c) for c in opt]          # same generated classes, placeholders
+        assert b[2]._fastgen_original is not opt[2]._fastgen_original and type(b[2]._fastgen_original) is nn.SiLU
+        assert list(b.state_dict()) == list(m.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(b(x), want, rtol=0, atol=0)
+        _, rep = fastgen.optimize(b, inplace=True, report=True)
+        assert not rep.replaced and sum(e.reason == "already optimized" for e in rep.left_alone) == 11, str(rep)
+        fastgen.restore(b)
+        assert [type(c) for c in b] == [type(c) for c in m]
+        with torch.no_grad():
+            torch.testing.assert_close(b(x), m(x), rtol=0, atol=0)
+
+
+def test_pickle_optimized_diffusers_unet2d():
+    diffusers = pytest.importorskip("diffusers")
+    m = _unet2d(diffusers)
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([10])
+    opt = fastgen.optimize(m)
+    with torch.no_grad():
+        want = opt(x, t).sample
+    for b in _roundtrips(opt):
+        assert [type(a) for a in b.modules()] == [type(a) for a in opt.modules()]
+        assert all(isinstance(a.processor, FastgenAttnProcessor) for a in b.modules() if hasattr(a, "set_processor"))
+        with torch.no_grad():
+            torch.testing.assert_close(b(x, t).sample, want, rtol=0, atol=0)
+        _, rep = fastgen.optimize(b, inplace=True, report=True)
+        assert not rep.replaced and any(e.reason == "already optimized" for e in rep.left_alone)
+        fastgen.restore(b)
+        assert [type(a) for a in b.modules()] == [type(a) for a in m.modules()]
+        assert not any(isinstance(getattr(a, "processor", None), FastgenAttnProcessor) for a in b.modules())
+        with torch.no_grad():
+            torch.testing.assert_close(b(x, t).sample, m(x, t).sample, rtol=0, atol=0)
+
+
+def test_pickle_optimized_diffusers_scheduler():
+    diffusers = pytest.importorskip("diffusers")
+    ours = fastgen.optimize(diffusers.DDIMScheduler(clip_sample=False))
+    ours.set_timesteps(4)
+    for b in _roundtrips(ours):
+        assert type(b) is type(ours) and type(b).__name__ == "DDIMScheduler"
+        trajs = []
+        for s in (ours, b):
+            s.set_timesteps(4)
+            x = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+            for t in s.timesteps:
+                x = s.step(0.5 * x, t, x).prev_sample
+            trajs.append(x)
+        assert b.__dict__["_fastgen_opt"]["active"]
+        torch.testing.assert_close(trajs[1], trajs[0], rtol=0, atol=0)
+        fastgen.restore(b)
+        assert type(b) is diffusers.DDIMScheduler
+
+
+class _OwnReduce(nn.GroupNorm):
+    def __reduce__(self):
+        return (_OwnReduce, (2, 4))
+
+
+def test_pickle_of_a_class_with_its_own_reduce_says_why():
+    import pickle
+
+    from fastgen.optimize import _FusedGroupNorm, _swap   # optimize only swaps exact nn.GroupNorm; force it
+
+    opt = _OwnReduce(2, 4)
+    _swap(opt, _FusedGroupNorm, act=None, backend=None)
+    for copier in (pickle.dumps, copy.deepcopy):
+        with pytest.raises(pickle.PicklingError, match="defines its own __reduce__.*fastgen.restore"):
+            copier(opt)
