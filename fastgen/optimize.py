@@ -20,8 +20,21 @@ What is recognised (everything else is left untouched and listed in the report w
 * A diffusers ``DDIMScheduler`` / ``EulerDiscreteScheduler`` / ``DPMSolverMultistepScheduler``
   (alone or inside a pipeline) -> the same object with its ``step`` running fastgen's fused sampler
   update (:mod:`fastgen.diffusion.samplers`), same timesteps and same output type.
-* fastgen's own fused modules (``GroupNormAct``, ``Attention``, ``BiasAct``, ...) are reported as
-  already fused.
+* AdaIN blocks: any module with an ``nn.InstanceNorm2d`` child (``affine=False``, no running
+  statistics, no hooks) whose forward computes ``norm(x) * a + b`` (either operand order; ``*`` /
+  ``torch.mul`` / ``.mul`` / ``*=``, likewise for ``+``; each intermediate used once), e.g.
+  ``s[:, :, None, None] * self.norm(x) + b[:, :, None, None]`` with ``s, b = self.style(w).chunk(2, 1)``.
+  Its forward is traced with ``torch.fx`` (child modules stay calls of those modules) and each such
+  pair becomes one call that runs :func:`fastgen.functional.adain` when, at run time, ``a`` and ``b``
+  are per-(sample, channel) tensors ((N, C, 1, 1), (1, C, 1, 1), (C, 1, 1), ...) of x's dtype and
+  device, and the original ops otherwise (e.g. SPADE's spatial modulation). The block runs the traced
+  code on itself, so its parameters, buffers and children are read live; Python attributes its
+  forward reads (and ``self.training``: traced in both modes) are checked on every call and trigger
+  a new trace when they change. Blocks whose forward cannot be traced (data-dependent control flow,
+  ...) or sets attributes are left alone with the reason. fastgen's own ``AdaIN`` / StyleGAN
+  ``AdaINLayer`` already run the fused op.
+* fastgen's own fused modules (``GroupNormAct``, ``Attention``, ``BiasAct``, ``AdaINLayer``, ...) are
+  reported as already fused.
 
 Replacements never copy parameters: a module is rewritten by switching its class to a subclass
 whose ``forward`` calls the fused op on the module's own parameters (so state_dict keys, optimizers
@@ -34,16 +47,17 @@ from __future__ import annotations
 
 import copy
 import inspect
+import operator
 import pickle
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from . import backend as _backend
-from .functional import attention, bias_act, group_norm
+from .functional import adain, attention, bias_act, group_norm
 
 __all__ = ["optimize", "restore", "OptimizeReport", "ReportEntry"]
 
@@ -99,10 +113,24 @@ def _fused_class(orig: type, mixin: type, keep_name: bool = False) -> type:
     key = (orig, mixin, keep_name)
     if key not in _SUBCLASSES:
         name = orig.__name__ if keep_name else "Fastgen" + orig.__name__
-        cls = type(name, (mixin, orig), {"__module__": __name__, "__qualname__": name,
-                                         "__reduce_ex__": _fused_reduce_ex})
+        body = {"__module__": __name__, "__qualname__": name, "__reduce_ex__": _fused_reduce_ex}
+        if getattr(mixin, "_keep_forward_signature", False):  # a generic forward(*args, **kwargs) shows the original's
+            body["forward"] = _forward_with_signature(mixin.forward, orig.forward)
+        cls = type(name, (mixin, orig), body)
         _SUBCLASSES[key] = cls
     return _SUBCLASSES[key]
+
+
+def _forward_with_signature(fwd, orig_fwd):
+    def forward(self, *args, **kwargs):
+        return fwd(self, *args, **kwargs)
+
+    try:
+        forward.__signature__ = inspect.signature(orig_fwd)
+    except (TypeError, ValueError):
+        pass
+    forward.__doc__ = getattr(orig_fwd, "__doc__", None)
+    return forward
 
 
 def _rebuild_fused(orig: type, mixin: type, keep_name: bool) -> Any:
@@ -135,7 +163,7 @@ def _fused_reduce_ex(self, protocol):
     return _rebuild_fused, (orig, st["mixin"], st["keep_name"]), state
 
 
-_TRANSIENT: tuple = ()  # mark entries only valid in this process: dropped when pickling / copying
+_TRANSIENT = ("fns", "snap")  # mark entries rebuilt after unpickling / copying (see _FusedAdaINBlock)
 
 
 def _swap(obj: Any, mixin: type, keep_name: bool = False, **state) -> None:
@@ -359,6 +387,292 @@ class FastgenAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
+# =============================================================================================== AdaIN blocks (FX)
+# A user's AdaIN block is any module with a plain nn.InstanceNorm2d child whose forward computes
+# ``norm(x) * a + b`` (in any operand order, out of place or in place). Its forward is traced with
+# torch.fx, every such mul/add pair is replaced by one call to _adain_or_original, and the module
+# runs the traced code with itself as ``self``: child modules, parameters and buffers are read
+# live, so training, ``.to()``, load_state_dict, later swaps of its children and their hooks work.
+class _InplaceProxy(fx.Proxy):
+    """fx.Proxy has no in-place operators, so ``h *= s`` would be recorded as ``h = h * s``, changing
+    what other references to ``h`` see; record them as the in-place ``operator.i*`` calls they are."""
+
+
+for _name in ("iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul", "iand", "ior", "ixor",
+              "ilshift", "irshift"):
+    def _inplace(self, other, _fn=getattr(operator, _name)):
+        return self.tracer.create_proxy("call_function", _fn, (self, other), {})
+    setattr(_InplaceProxy, f"__{_name}__", _inplace)
+del _name, _inplace
+
+
+class _BlockTracer(fx.Tracer):
+    """Traces only the block's own forward: every child module is a leaf (called as itself, at run
+    time, with its hooks, its training flag and any fastgen rewrite it gets later)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _InplaceProxy(node, self)
+
+
+_BINOPS: dict[str, Any] = {
+    "mul": operator.mul, "imul": operator.imul, "torch.mul": torch.mul,
+    ".mul": lambda p, q: p.mul(q), ".mul_": lambda p, q: p.mul_(q),
+    "add": operator.add, "iadd": operator.iadd, "torch.add": torch.add,
+    ".add": lambda p, q: p.add(q), ".add_": lambda p, q: p.add_(q),
+}
+_IN_PLACE = ("imul", ".mul_", "iadd", ".add_")
+
+
+def _binop(node: fx.Node, op: str) -> Optional[str]:
+    """The _BINOPS key of ``node`` if it is a two-operand ``op`` ("mul" / "add") without keywords."""
+    if len(node.args) != 2 or node.kwargs:
+        return None
+    if node.op == "call_function":
+        return {operator.__dict__[op]: op, operator.__dict__["i" + op]: "i" + op,
+                getattr(torch, op): f"torch.{op}"}.get(node.target)
+    if node.op == "call_method" and node.target in (op, op + "_"):
+        return "." + node.target
+    return None
+
+
+def _per_nc(t: torch.Tensor, n: int, c: int) -> Optional[torch.Tensor]:
+    """``t`` as the (N, C) values it broadcasts to against an (N, C, H, W) tensor, or None when it
+    is not constant over H and W (or would not broadcast)."""
+    if t.dim() > 4:
+        return None
+    s = (1,) * (4 - t.dim()) + tuple(t.shape)
+    if s[2] != 1 or s[3] != 1 or s[0] not in (1, n) or s[1] not in (1, c):
+        return None
+    return t.reshape(s[0], s[1]).expand(n, c)
+
+
+def _is_instance_norm(m: Any) -> bool:
+    """An nn.InstanceNorm2d, or one that fastgen.optimize runs as group_norm (same result)."""
+    return type(m) is nn.InstanceNorm2d or (isinstance(m, _FusedInstanceNorm) and _is_fused(m)
+                                            and m.__dict__[_MARK]["orig_cls"] is nn.InstanceNorm2d)
+
+
+def _adain_or_original(norm: nn.Module, x: Any, a: Any, b: Any, impl: Optional[str], ops: tuple) -> Any:
+    """Run time half of the AdaIN rewrite of ``norm(x) * a + b`` (``ops``: how the original combined
+    them). :func:`fastgen.functional.adain` when ``a`` and ``b`` are per-(sample, channel) tensors of
+    x's dtype and device and ``norm`` is still a plain hook-free ``nn.InstanceNorm2d``; otherwise
+    exactly the original computation."""
+    if (_is_instance_norm(norm) and not norm.affine and not norm.track_running_stats and not _has_hooks(norm)
+            and isinstance(x, torch.Tensor) and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+            and x.dim() == 4 and x.shape[1] == norm.num_features
+            and x.shape[2] * x.shape[3] > 1 and x.is_floating_point() and a.dtype == x.dtype == b.dtype
+            and a.device == x.device == b.device and isinstance(norm.eps, (int, float)) and norm.eps > 0):
+        n, c = x.shape[:2]
+        sa, sb = _per_nc(a, n, c), _per_nc(b, n, c)
+        if sa is not None and sb is not None:
+            return adain(x, sa, sb, float(norm.eps), impl=impl)
+    mul, norm_first, add, prod_first = ops
+    h = norm(x)
+    h = _BINOPS[mul](h, a) if norm_first else _BINOPS[mul](a, h)
+    return _BINOPS[add](h, b) if prod_first else _BINOPS[add](b, h)
+
+
+def _rewrite_adain(graph: fx.Graph, norms: tuple, impl: Optional[str]) -> dict[str, list[int]]:
+    """Replace every ``norm(x) * a + b`` (norm in ``norms``, each intermediate used once) by
+    _adain_or_original; returns {norm name: [matched call sites, all call sites]}."""
+    sites = {k: [0, 0] for k in norms}
+    for n in list(graph.nodes):
+        if n.op != "call_module" or n.target not in sites:
+            continue
+        sites[n.target][1] += 1
+        if len(n.args) != 1 or n.kwargs or len(n.users) != 1:
+            continue
+        mul = next(iter(n.users))
+        mk = _binop(mul, "mul")
+        if mk is None or len(mul.users) != 1 or mul.args.count(n) != 1:
+            continue
+        norm_first = mul.args[0] is n
+        a = mul.args[1] if norm_first else mul.args[0]
+        add = next(iter(mul.users))
+        ak = _binop(add, "add")
+        if ak is None or not isinstance(a, fx.Node) or add.args.count(mul) != 1:
+            continue
+        prod_first = add.args[0] is mul
+        b = add.args[1] if prod_first else add.args[0]
+        if not isinstance(b, fx.Node) or (mk in _IN_PLACE and not norm_first) or (ak in _IN_PLACE and not prod_first):
+            continue  # an in-place op on a or b: their other users would see the change
+        with graph.inserting_before(add):
+            mod = graph.get_attr(n.target)
+            new = graph.call_function(_adain_or_original, (mod, n.args[0], a, b, impl,
+                                                           (mk, norm_first, ak, prod_first)))
+        add.replace_all_uses_with(new)
+        for dead in (add, mul, n):
+            graph.erase_node(dead)
+        sites[n.target][0] += 1
+    return sites
+
+
+_PLAIN = (bool, int, float, complex, str, type(None), torch.dtype, torch.device)
+_MISSING = object()
+
+
+def _is_plain(v: Any) -> bool:
+    return isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(_is_plain(e) for e in v))
+
+
+def _snapshot(m: nn.Module) -> tuple:
+    """The module's plain Python attributes: tracing bakes the ones its forward reads into the code."""
+    return tuple((k, v) for k, v in m.__dict__.items() if k != "training" and k != _MARK and _is_plain(v))
+
+
+def _changed(m: nn.Module, snap: tuple) -> bool:
+    """Whether an attribute of the snapshot has another value now (attributes added since are ignored:
+    the traced forward did not read them; torch.compile adds some)."""
+    d = m.__dict__
+    for k, v in snap:
+        w = d.get(k, _MISSING)
+        if w is not v and w != v:
+            return True
+    return False
+
+
+class _NotFused(Exception):
+    pass
+
+
+def _resolves(m: nn.Module, target: str) -> bool:
+    obj = m
+    for part in target.split("."):
+        obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
+            return False
+    return True
+
+
+def _trace_adain(m: nn.Module, norms: tuple, impl: Optional[str]) -> tuple[dict, tuple, tuple, tuple]:
+    """({training flag: forward function}, rewritten norm names, those with every call rewritten, snapshot),
+    or raises _NotFused(reason).
+    The forward is traced in train and in eval mode (code reading ``self.training`` differs)."""
+    snap, keys, mode, cls = _snapshot(m), set(m.__dict__), m.training, type(m)
+    codes: dict[bool, tuple] = {}
+    full: Optional[set] = None
+    some: set = set()
+    try:
+        if _is_fused(m):  # re-tracing a rewritten block: trace its original forward
+            m.__class__ = m.__dict__[_MARK]["orig_cls"]
+        for train in (True, False):
+            m.training = train
+            try:
+                graph = _BlockTracer().trace(m)
+            except Exception as exc:  # noqa: BLE001  (whatever the forward raises on proxies)
+                msg = " ".join(str(exc).split())
+                raise _NotFused(f"symbolic trace failed: {type(exc).__name__}: "
+                                f"{msg[:120] + '...' if len(msg) > 120 else msg}") from None
+            try:
+                sites = _rewrite_adain(graph, norms, impl)
+            except Exception as exc:  # noqa: BLE001  (a graph this matcher did not foresee: leave the block alone)
+                raise _NotFused(f"rewrite of the traced graph failed: {type(exc).__name__}: {exc}") from None
+            done = {k for k, (hit, calls) in sites.items() if hit and hit == calls}
+            full = done if full is None else full & done
+            some |= {k for k, (hit, _) in sites.items() if hit}
+            if not any(hit for hit, _ in sites.values()):
+                codes[train] = None
+                continue
+            for node in graph.nodes:
+                if node.op in ("get_attr", "call_module") and not _resolves(m, node.target):
+                    raise _NotFused(f"forward reads {node.target!r}, which is not an attribute of the module "
+                                    "(a tensor constant made in forward?)")
+            try:
+                graph.lint()
+                gm = fx.GraphModule(m, graph, class_name=f"{type(m).__name__}AdaIN")
+            except Exception as exc:  # noqa: BLE001
+                raise _NotFused(f"the rewritten graph does not compile: {type(exc).__name__}: {exc}") from None
+            codes[train] = (gm.code, type(gm).forward)
+    finally:
+        m.__class__ = cls
+        m.training = mode
+        added = set(m.__dict__) - keys  # attributes the tracer (or the forward) set: remove them
+        for k in added:
+            del m.__dict__[k]
+        changed = _snapshot(m) != snap
+        if changed:
+            m.__dict__.update(snap)
+    if added or changed:
+        raise _NotFused("its forward sets Python attributes of the module (state the traced code would not update)")
+    if codes[True] is None and codes[False] is None:
+        raise _NotFused("no norm(x) * a + b with a single use of each intermediate in forward")
+    fns = {t: (c[1] if c else None) for t, c in codes.items()}
+    if codes[True] and codes[False] and codes[True][0] == codes[False][0]:
+        fns[False] = fns[True]
+    return fns, tuple(sorted(some)), tuple(sorted(full or ())), snap
+
+
+def _adain_candidates(m: nn.Module) -> tuple[tuple, list[str]]:
+    """(names of the plain InstanceNorm2d children, reasons the other InstanceNorm2d children are not)."""
+    ok, why = [], []
+    for k, c in m._modules.items():
+        if type(c) is not nn.InstanceNorm2d:
+            continue
+        bad = [s for s, cond in (("affine=True", c.affine), ("track_running_stats=True", c.track_running_stats),
+                                 ("has hooks", _has_hooks(c))) if cond]
+        if bad:
+            why.append(f"InstanceNorm2d {k!r}: {', '.join(bad)}")
+        else:
+            ok.append(k)
+    return tuple(ok), why
+
+
+class _FusedAdaINBlock:
+    """A module whose forward computes ``norm(x) * a + b`` with a plain InstanceNorm2d child: runs its
+    own forward, traced by torch.fx, with those pairs on :func:`fastgen.functional.adain`."""
+
+    _keep_forward_signature = True
+
+    def forward(self, *args, **kwargs):
+        st = self.__dict__[_MARK]
+        if st["fns"] is None or _changed(self, st["snap"]):  # not traced yet, or attributes changed since
+            _retrace_adain(self, st)
+        fn = st["fns"].get(self.training)
+        if fn is None:
+            return super().forward(*args, **kwargs)
+        return fn(self, *args, **kwargs)
+
+    def __setstate__(self, state):  # unpickling / deepcopy: the traced code is not in the state; trace again
+        super().__setstate__(state)
+        st = self.__dict__.get(_MARK)
+        if st is not None and st.get("fns") is None:
+            _retrace_adain(self, st, final=False)
+
+
+@torch.compiler.disable
+def _retrace_adain(m: nn.Module, st: dict, final: bool = True) -> None:
+    try:
+        st["fns"], _, _, st["snap"] = _trace_adain(m, st["candidates"], st["backend"])
+    except _NotFused:
+        if final:  # the pattern is gone (attributes changed): the original forward until they change again
+            st["fns"], st["snap"] = {}, _snapshot(m)
+
+
+def _optimize_adain_block(m: nn.Module, path: str, impl: Optional[str], report: OptimizeReport,
+                          handled: set) -> bool:
+    """Try the AdaIN rewrite on ``m`` (a module with InstanceNorm2d children); True when done."""
+    name = type(m).__name__
+    cands, why = _adain_candidates(m)
+    cands = tuple(k for k in cands if id(m._modules[k]) not in handled)
+    if not cands:
+        report.left_alone.append(ReportEntry(path, name, "left alone", "AdaIN: " + "; ".join(why or ["norm handled"])))
+        return False
+    try:
+        fns, some, full, snap = _trace_adain(m, cands, impl)
+    except _NotFused as exc:
+        report.left_alone.append(ReportEntry(path, name, "left alone", f"AdaIN: {exc}"))
+        return False
+    _swap(m, _FusedAdaINBlock, backend=impl, candidates=cands, norms=full, fns=fns, snap=snap)
+    handled.update(id(m._modules[k]) for k in full)
+    for k in some:
+        report.replaced.append(ReportEntry(path, name, "fused adain", f"{k}(x) * a + b in forward -> fastgen adain "
+                                           "(for per-(sample, channel) a, b; others run the original ops)"))
+    return True
+
+
 # =============================================================================================== schedulers
 _SCHEDULERS = {  # diffusers class name -> (fastgen sampler class name, output class name, has pred_original_sample)
     "DDIMScheduler": ("DDIMSampler", "DDIMSchedulerOutput", True),
@@ -527,6 +841,8 @@ def _walk(model: nn.Module, impl: Optional[str], report: OptimizeReport) -> None
             left.append(ReportEntry(path, t.__name__, "left alone", "already optimized"))
             if isinstance(m, _FusedResnetBlock2D):
                 handled.update((id(m.norm1), id(m.norm2)))
+            elif isinstance(m, _FusedAdaINBlock):
+                handled.update(id(m._modules[k]) for k in m.__dict__[_MARK]["norms"] if k in m._modules)
             continue
         if t.__module__.startswith("fastgen.") and t.__name__ in _ALREADY_FASTGEN:
             left.append(ReportEntry(path, t.__name__, "left alone", "already a fastgen fused module"))
@@ -584,6 +900,11 @@ def _walk(model: nn.Module, impl: Optional[str], report: OptimizeReport) -> None
                 rep.append(ReportEntry(_join(path, "conv_norm_out"), "GroupNorm", f"fused group_norm+{name}",
                                        "conv_norm_out -> conv_act"))
             continue
+
+        # ---- AdaIN blocks: a (non-torch) module with an InstanceNorm2d child whose forward computes norm(x) * a + b
+        if t.__module__.split(".")[0] != "torch" and any(type(c) is nn.InstanceNorm2d for c in m._modules.values()):
+            if _optimize_adain_block(m, path, impl, report, handled):
+                continue
 
         # ---- Sequential pairs
         if isinstance(m, nn.Sequential):
