@@ -121,3 +121,49 @@ def test_compile_forward(benchmark):
 
     info.update(case="compile_forward", batch=x.shape[0], big=big, fastgen_compile_s=round(fg_s, 1),
                 inductor_compile_s=None if ind_s is None else round(ind_s, 1), rewrites=dict(LAST_STATS))
+
+
+class _UserAdaIN(torch.nn.Module):
+    """A StyleGAN-v1 style block as users write it in plain PyTorch: conv, lrelu, then AdaIN from a
+    style vector (InstanceNorm2d child + per-(sample, channel) scale and bias)."""
+
+    def __init__(self, channels: int, w_dim: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = torch.nn.LeakyReLU(0.2)
+        self.norm = torch.nn.InstanceNorm2d(channels)
+        self.style = torch.nn.Linear(w_dim, 2 * channels)
+
+    def forward(self, x, w):
+        s, b = self.style(w).chunk(2, dim=1)
+        return (1 + s[:, :, None, None]) * self.norm(self.act(self.conv(x))) + b[:, :, None, None]
+
+
+@pytest.mark.parametrize("shape", [(16, 512, 16, 16), (16, 64, 128, 128)], ids=["16x512x16x16", "16x64x128x128"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_optimize_adain_block(benchmark, shape, mode):
+    """fastgen.optimize on a user's AdaIN block (the norm(x) * a + b pattern -> fused adain, conv+lrelu
+    -> nothing: they are not in a Sequential) vs the same block unoptimized; the adain op's own shapes."""
+    if getattr(benchmark, "disabled", False):
+        shape = (2, 8, 8, 8)
+    n, c, h, w_ = shape
+    torch.manual_seed(0)
+    m = _UserAdaIN(c, 64)
+    opt = fastgen.optimize(m, inplace=False)
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(n, c, h, w_, generator=g), torch.randn(n, 64, generator=g)
+
+    def run(model):
+        def f():
+            if mode == "fwd":
+                with torch.no_grad():
+                    return model(x, w)
+            xi = x.detach().requires_grad_(True)
+            y = model(xi, w)
+            gx, = torch.autograd.grad(y.square().sum(), xi)
+            return y.detach(), gx
+        return f
+
+    info = compare(benchmark, run(opt), {"eager": run(m)}, device=torch.device("cpu"), rtol=1e-4, atol=1e-4,
+                   group=f"user AdaIN block {mode} {shape}: fastgen.optimize vs eager")
+    info.update(case="adain_block", mode=mode, shape=list(shape))
