@@ -16,6 +16,12 @@ inference and for training (their backward is fastgen's fused backward):
 
 Every intermediate of a rewritten pattern must have exactly one user (so nothing else reads a
 value that is no longer computed). :data:`LAST_STATS` counts the rewrites of the last graph.
+
+Sampler update arithmetic (a diffusers scheduler's DDIM / Euler step traced into the graph) is
+left to inductor on purpose: it is a chain of elementwise ops with scalar coefficients, which
+inductor already emits as one fused loop; an opaque custom op there would end that fusion with the
+ops around it and save nothing. Outside ``torch.compile``, :func:`fastgen.optimize` swaps the
+scheduler's ``step`` onto the fused sampler kernels instead.
 """
 from __future__ import annotations
 
