@@ -415,3 +415,59 @@ def test_training_bad_arguments():
         rec.step(torch.randn(4, 3, 16, 16))
     with pytest.raises(ValueError, match="real must be"):
         rec.step(torch.randn(4, 16, 16), torch.zeros(4, dtype=torch.long))
+
+
+def test_conditioning_transition_fades_labels_in():
+    """cond_transition: before start every sample carries the uniform label (the labels cannot
+    change anything), then lam * onehot + (1 - lam) / K with lam linear in kimg, then plain labels."""
+    from fastgen.data import load_dataset
+
+    data = load_dataset("shapes", size=16)
+    x, y = _shapes_batch(data, torch.arange(8))
+
+    def run(labels, transition, steps=2):
+        torch.manual_seed(0)
+        G, D = Generator.from_preset("tiny", c_dim=4), Discriminator.from_preset("tiny", c_dim=4)
+        rec = StyleGANTraining(G, D, batch_size=8, r1_interval=2, pl_interval=2, cond_transition=transition,
+                               generator=torch.Generator().manual_seed(3))
+        torch.manual_seed(1)
+        outs = [rec.step(x, labels) for _ in range(steps)]
+        return rec, outs
+
+    other = (y + 1) % 4
+    # not started: the labels are invisible, so other labels give bit-identical training
+    a, out_a = run(y, (1.0, 2.0))
+    b, out_b = run(other, (1.0, 2.0))
+    for oa, ob in zip(out_a, out_b):
+        assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa), (oa, ob)
+    assert all(torch.equal(p, q) for p, q in zip(a.G.parameters(), b.G.parameters()))
+    # without a transition (or once it is over) the labels matter
+    _, out_c = run(y, None)
+    _, out_d = run(other, None)
+    assert not all(torch.equal(out_c[0][k], out_d[0][k]) for k in ("d_real",))
+    _, out_e = run(y, (0.0, 0.0))
+    assert all(torch.equal(out_e[0][k], out_c[0][k]) for k in out_c[0])
+
+    # the schedule and the soft labels
+    rec = a
+    assert rec.cond_strength == 0.0
+    rec.num_images = 1500
+    assert rec.cond_strength == pytest.approx(0.5)
+    soft = rec._soft(torch.tensor([2, 0]))
+    assert torch.allclose(soft, torch.tensor([[0.125, 0.125, 0.625, 0.125], [0.625, 0.125, 0.125, 0.125]]))
+    rec.num_images = 2000
+    assert rec.cond_strength == 1.0 and torch.equal(rec._soft(y), y)
+    assert rec.config["cond_transition"] == [1.0, 2.0]
+    # resume restores the images seen, hence lam
+    fresh, _ = run(y, (1.0, 2.0), steps=0)
+    fresh.load_state_dict(copy.deepcopy(rec.state_dict()))
+    assert fresh.cond_strength == 1.0
+
+    G, D = Generator.from_preset("tiny", c_dim=4), Discriminator.from_preset("tiny", c_dim=4)
+    for bad, msg in (((2.0, 1.0), "start <= end"), ((1.0,), "start_kimg, end_kimg"), ("ab", "start_kimg"),
+                     ((-1.0, 1.0), r"cond_transition\[0\]")):
+        with pytest.raises(ValueError, match=msg):
+            StyleGANTraining(G, D, batch_size=4, cond_transition=bad)
+    G0, D0 = Generator.from_preset("tiny"), Discriminator.from_preset("tiny")
+    with pytest.raises(ValueError, match="class-conditional"):
+        StyleGANTraining(G0, D0, batch_size=4, cond_transition=(0.0, 1.0))

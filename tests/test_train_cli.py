@@ -97,6 +97,12 @@ def test_train_stylegan_resume_and_sample(tmp_path, capsys):
     assert "--class-label" in capsys.readouterr().err
     assert main(["train", "stylegan", "--size", "24", "--steps", "1", "--out", str(tmp_path / "x")]) == 1
     assert "power of two" in capsys.readouterr().err
+    assert main(["train", "stylegan", *SG_TINY, "--steps", "2", "--cond-transition", "0", "0.008",
+                 "--out", str(tmp_path / "ct")]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert main(["train", "stylegan", *SG_TINY, "--steps", "1", "--cond-transition", "2", "1",
+                 "--out", str(tmp_path / "ct2")]) == 1
+    assert "start <= end" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("model", ["dcgan", "wgan-gp", "pix2pix", "cyclegan"])

@@ -17,6 +17,16 @@ One :meth:`StyleGANTraining.step` runs the four phases of StyleGAN2:
   interval, Adam step. R1 differentiates D twice: fastgen's bias_act and upfirdn2d keep both
   orders on fused kernels.
 
+Class-conditional models can be trained with a *conditioning transition* (``cond_transition=(start,
+end)`` in thousands of images): every label given to G and D is the soft label
+``lam * onehot(c) + (1 - lam) / c_dim`` with ``lam`` ramping linearly from 0 at ``start`` kimg to 1 at
+``end``. Before ``start`` every sample carries the same (uniform) label, so G and D train as an
+unconditional GAN; the classes then fade in. Conditional StyleGAN2 on limited data collapses to a
+few images per class when conditioned from the first step (Shahbazi et al. 2023, "Collapse by
+Conditioning"); starting unconditionally and injecting the labels gradually avoids it. This is
+fastgen's soft-label form of that idea: the networks are StyleGAN2's, unchanged (no extra heads),
+and once ``lam`` is 1 the labels are plain one-hot.
+
 As in the paper, lazy regularisation rescales Adam's learning rate and betas by ``c = k / (k + 1)``
 (``lr c``, ``beta^c``), and the generator's EMA has a half-life of ``ema_kimg`` thousand images.
 All the randomness (latents, mixing, penalty noise) comes from the recipe's ``generator``; the
@@ -64,6 +74,8 @@ class StyleGANTraining(GANRecipe):
         ema_kimg: half-life of the generator EMA in thousands of images (None: no EMA; G_ema is G).
         ema_rampup: cap the half-life at ``ema_rampup * images seen`` early in training (None: off).
         bf16: forward passes under bf16 autocast (weights, optimizers and the fused ops' math stay fp32).
+        cond_transition: ``(start_kimg, end_kimg)``: fade the class labels in from unconditional training
+            (see the module docstring; conditional models only). None: one-hot labels from the start.
         generator: a CPU torch.Generator for the latents and penalty noise (default: seeded with 0).
     """
 
@@ -74,7 +86,8 @@ class StyleGANTraining(GANRecipe):
                  d_lr: Optional[float] = None, r1_gamma: float = 10.0, r1_interval: int = 16, pl_weight: float = 2.0,
                  pl_interval: int = 4, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
                  style_mixing_prob: float = 0.9, ema_kimg: Optional[float] = 10.0, ema_rampup: Optional[float] = 0.05,
-                 bf16: bool = False, generator: Optional[torch.Generator] = None):
+                 bf16: bool = False, cond_transition: Optional[Sequence[float]] = None,
+                 generator: Optional[torch.Generator] = None):
         for name in ("z_dim", "c_dim", "num_ws", "mapping", "synthesis"):
             if not hasattr(G, name):
                 raise TypeError(f"StyleGANTraining: G must be a fastgen.models.Generator (missing {name!r})")
@@ -94,13 +107,26 @@ class StyleGANTraining(GANRecipe):
         _num("style_mixing_prob", style_mixing_prob, 0, 1)
         _num("ema_kimg", ema_kimg, 0, allow_none=True)
         _num("ema_rampup", ema_rampup, 0, allow_none=True)
+        if cond_transition is not None:
+            if not G.c_dim:
+                raise ValueError("StyleGANTraining: cond_transition needs a class-conditional generator (c_dim > 0)")
+            if (isinstance(cond_transition, (str, bytes)) or not isinstance(cond_transition, Sequence)
+                    or len(cond_transition) != 2):
+                raise ValueError(f"StyleGANTraining: cond_transition must be (start_kimg, end_kimg), got "
+                                 f"{cond_transition!r}")
+            start, end = (_num(f"cond_transition[{i}]", v, 0) for i, v in enumerate(cond_transition))
+            if end < start:
+                raise ValueError(f"StyleGANTraining: cond_transition must have start <= end, got {cond_transition!r}")
+            cond_transition = (float(start), float(end))
         self.G, self.D = G, D
         self.bf16 = bool(bf16)
         self.batch_size = batch_size
         self._config = dict(batch_size=batch_size, lr=lr, betas=list(betas), eps=eps, g_lr=g_lr, d_lr=d_lr,
                             r1_gamma=r1_gamma, r1_interval=r1_interval, pl_weight=pl_weight, pl_interval=pl_interval,
                             pl_batch_shrink=pl_batch_shrink, pl_decay=pl_decay, style_mixing_prob=style_mixing_prob,
-                            ema_kimg=ema_kimg, ema_rampup=ema_rampup, bf16=self.bf16)
+                            ema_kimg=ema_kimg, ema_rampup=ema_rampup, bf16=self.bf16,
+                            cond_transition=None if cond_transition is None else list(cond_transition))
+        self.cond_transition = cond_transition
         self.r1_gamma, self.r1_interval = float(r1_gamma), r1_interval
         self.pl_weight, self.pl_interval, self.pl_batch_shrink = float(pl_weight), pl_interval, pl_batch_shrink
         self.style_mixing_prob, self.ema_kimg, self.ema_rampup = float(style_mixing_prob), ema_kimg, ema_rampup
@@ -140,6 +166,26 @@ class StyleGANTraining(GANRecipe):
         """Class labels of generated images: uniform over the classes (global batch, this slice)."""
         return self.global_randint(self.G.c_dim, n) if self.G.c_dim else None
 
+    @property
+    def cond_strength(self) -> float:
+        """The weight ``lam`` of the one-hot labels now (1.0 without a conditioning transition)."""
+        if self.cond_transition is None:
+            return 1.0
+        start, end = self.cond_transition
+        kimg = self.num_images / 1000
+        if kimg >= end:
+            return 1.0
+        return 0.0 if kimg <= start else (kimg - start) / (end - start)
+
+    def _soft(self, c: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The labels the networks see: ``lam * onehot(c) + (1 - lam) / c_dim`` during the transition."""
+        lam = self.cond_strength
+        if c is None or lam >= 1.0:
+            return c
+        k = self.G.c_dim
+        onehot = c.float() if c.is_floating_point() else torch.nn.functional.one_hot(c.long(), k).float()
+        return onehot * lam + (1.0 - lam) / k
+
     def _generate(self, z: torch.Tensor, c: Optional[torch.Tensor], update_w_avg: bool = False):
         ws = self.G.mapping(z, c, update_w_avg=update_w_avg)
         if self.style_mixing_prob > 0:
@@ -177,7 +223,8 @@ class StyleGANTraining(GANRecipe):
         # G main: non-saturating loss through a frozen D
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
-        gen_c = self._gen_labels(n)
+        real_c = self._soft(c)
+        gen_c = self._soft(self._gen_labels(n))
         img, _ = self._generate(self._latents(n), gen_c, update_w_avg=True)
         loss = g_nonsaturating_loss(self.D(img, gen_c)).mean()
         self.opt_G.zero_grad(set_to_none=True)
@@ -189,7 +236,7 @@ class StyleGANTraining(GANRecipe):
         # G reg: lazy path-length regularisation
         if self.pl_weight > 0 and self.num_steps % self.pl_interval == 0:
             m = max(n // self.pl_batch_shrink, 1)
-            img, ws = self._generate(self._latents(m), self._gen_labels(m))
+            img, ws = self._generate(self._latents(m), self._soft(self._gen_labels(m)))
             noise = self.global_randn(m, *img.shape[1:])
             pen = self.pl(img, ws, noise=noise, reduce_mean=self.all_reduce_mean).mean()
             self.opt_G.zero_grad(set_to_none=True)
@@ -202,11 +249,11 @@ class StyleGANTraining(GANRecipe):
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
         with torch.no_grad():
-            gen_c = self._gen_labels(n)
+            gen_c = self._soft(self._gen_labels(n))
             fake, _ = self._generate(self._latents(n), gen_c)
         r1_now = self.r1_gamma > 0 and self.num_steps % self.r1_interval == 0
         real_in = real.detach().requires_grad_(r1_now and self.r1_interval == 1)
-        real_logits, fake_logits = self.D(real_in, c), self.D(fake, gen_c)
+        real_logits, fake_logits = self.D(real_in, real_c), self.D(fake, gen_c)
         d_real, d_fake = torch.nn.functional.softplus(-real_logits).mean(), torch.nn.functional.softplus(fake_logits).mean()
         loss = d_logistic_loss(real_logits, fake_logits).mean()
         if r1_now and self.r1_interval == 1:
@@ -222,7 +269,7 @@ class StyleGANTraining(GANRecipe):
         # D reg: lazy R1
         if r1_now and self.r1_interval > 1:
             real_in = real.detach().requires_grad_(True)
-            r1 = r1_penalty(self.D(real_in, c), real_in).mean()
+            r1 = r1_penalty(self.D(real_in, real_c), real_in).mean()
             self.opt_D.zero_grad(set_to_none=True)
             (r1 * (self.r1_gamma / 2 * self.r1_interval)).backward()
             self.sync_grads(self.D)

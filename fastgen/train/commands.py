@@ -188,6 +188,7 @@ def cmd_train_stylegan(args: argparse.Namespace) -> int:
         recipe = StyleGANTraining(G, D, batch_size=args.batch_size, lr=args.lr, r1_gamma=args.r1_gamma,
                                   r1_interval=args.r1_interval, pl_weight=args.pl_weight,
                                   style_mixing_prob=args.mixing, ema_kimg=args.ema_kimg if args.ema_kimg > 0 else None,
+                                  cond_transition=args.cond_transition if c_dim else None,
                                   generator=torch.Generator().manual_seed(args.seed))
         trainer = GANTrainer(recipe, data, batch_size=args.batch_size, seed=args.seed, out_dir=args.out,
                              log_every=args.log_every, sample_every=args.sample_every,
@@ -582,6 +583,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--mixing", type=_non_negative(float), default=0.9, help="style-mixing probability (0.9)")
     g.add_argument("--ema-kimg", type=_non_negative(float), default=1.0,
                    help="generator EMA half-life in thousands of images (default 1; 0: no EMA)")
+    g.add_argument("--cond-transition", type=_non_negative(float), nargs=2, metavar=("START_KIMG", "END_KIMG"),
+                   default=None, help="train unconditionally until START_KIMG thousand images, then fade the class "
+                   "labels in by END_KIMG (against per-class mode collapse; default: labels from the start)")
     _run_args(g, "runs/stylegan")
     g.set_defaults(func=cmd_train, subparser=g)
 
