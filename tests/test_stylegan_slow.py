@@ -1,8 +1,8 @@
 """Slow (``-m slow``, minutes on CPU): a class-conditional StyleGAN2 learns the embedded dataset.
 
 A small conditional StyleGAN2 (16x16, four shape classes) is trained with
-:class:`fastgen.gan.StyleGANTraining` (non-saturating loss, lazy R1, path-length regularisation,
-style mixing, EMA generator) on the embedded shapes dataset. The CNN classifier of
+:class:`fastgen.gan.StyleGANTraining` (non-saturating loss, lazy R1, EMA generator, the class
+labels faded in after an unconditional start) on the embedded shapes dataset. The CNN classifier of
 ``test_train_slow.py`` (trained on another draw of the dataset) then judges samples of the EMA
 generator:
 
@@ -25,15 +25,22 @@ from fastgen.models import Discriminator, Generator
 from test_train_slow import CLASSES, SIZE, shapes, train_classifier
 
 CFG = dict(img_resolution=SIZE, z_dim=64, w_dim=64, channel_base=1024, channel_max=64, mapping_layers=2, c_dim=CLASSES)
+# StyleGAN2-ADA's small-data CIFAR settings (residual-free "orig" D, no path-length penalty, no style
+# mixing), a larger lr than the paper's 0.0025 (this budget is 320 kimg, not tens of thousands),
+# and the labels faded in between 16 and 64 kimg (without that the networks collapse to one image
+# per class; see StyleGANTraining's cond_transition).
+RECIPE = dict(lr=0.005, r1_gamma=1.0, r1_interval=16, pl_weight=0.0, style_mixing_prob=0.0,
+              cond_transition=(16.0, 64.0))
 
 
-def train_stylegan(steps: int, batch_size: int = 32, seed: int = 0):
+def train_stylegan(steps: int, batch_size: int = 64, seed: int = 0, **recipe):
     torch.manual_seed(seed)
-    G, D = Generator(**CFG), Discriminator(**{k: v for k, v in CFG.items() if k not in ("z_dim", "w_dim",
-                                                                                        "mapping_layers")})
+    G = Generator(**CFG)
+    D = Discriminator(architecture="orig", **{k: v for k, v in CFG.items() if k not in ("z_dim", "w_dim",
+                                                                                         "mapping_layers")})
     x, y = shapes(4096, seed=20240607)
-    rec = StyleGANTraining(G, D, batch_size=batch_size, lr=0.002, r1_gamma=0.1, r1_interval=16, pl_weight=2.0,
-                           ema_kimg=batch_size * 10 / 1000, generator=torch.Generator().manual_seed(seed))
+    rec = StyleGANTraining(G, D, batch_size=batch_size, ema_kimg=batch_size * 10 / 1000,
+                           generator=torch.Generator().manual_seed(seed), **{**RECIPE, **recipe})
     g = torch.Generator().manual_seed(seed + 1)
     hist = []
     t0 = time.perf_counter()
@@ -68,30 +75,41 @@ def judge(rec: StyleGANTraining, clf, per_class: int = 64) -> dict:
     }
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "known failure, measured 2026-12-05: after 1500 steps the EMA generator ignores the class "
-    "(accuracy 0.25, every label drawn as a disc, coverage 2/4, relative diversity 0.14-0.20; D loss "
-    "0.95 -> 0.22, G loss 1.46 -> 4.05). Without path-length regularisation and with r1_gamma 0.1 or "
-    "1.0 it still ignores the class (accuracy 0.25 / 0.26); with D's lr at a quarter it draws two of "
-    "the four classes (accuracy 0.50, diversity 0.13-0.22); the unconditional network also collapses "
-    "(D wins, no stripes). The conditioning is wired (w, the images "
-    "and D's logits change with c); the cause is not found yet. strict: a fix makes this xfail fail, "
-    "so remove the marker then."))
-def test_conditional_stylegan2_learns_the_embedded_dataset():
+@pytest.fixture(scope="module")
+def trained():
+    """One training run shared by the tests below: (sample metrics, training history)."""
     clf, clf_acc = train_classifier()
     print(f"\nclassifier held-out accuracy: {clf_acc:.4f}")
     assert clf_acc >= 0.97
-    rec, hist, seconds = train_stylegan(steps=1500)
+    rec, hist, seconds = train_stylegan(steps=5000)
     n = len(hist)
     avg = lambda k, part: sum(h[k] for h in part if k in h) / max(1, sum(k in h for h in part))  # noqa: E731
     print(f"stylegan2: {n} steps in {seconds:.0f} s ({n / seconds:.2f} it/s); "
           f"D loss {avg('d', hist[:100]):.3f} -> {avg('d', hist[-100:]):.3f}, "
           f"G loss {avg('g', hist[:100]):.3f} -> {avg('g', hist[-100:]):.3f}, "
-          f"path length mean {float(rec.pl.pl_mean):.3f}")
-    assert all(all(v == v for v in h.values()) for h in hist)  # no NaN
+          f"labels at full strength from step {int(RECIPE['cond_transition'][1] * 1000 / 64)}")
     m = judge(rec, clf)
     print("sample metrics:", m)
+    return m, hist
+
+
+@pytest.mark.slow
+def test_conditional_stylegan2_covers_every_class_without_collapse(trained):
+    """No per-class mode collapse (conditioned from step 0 the within-class diversity was 0.09-0.20),
+    every class drawn, and well above chance (0.25) at drawing the requested class."""
+    m, hist = trained
+    assert all(all(v == v for v in h.values()) for h in hist)  # no NaN
     assert m["coverage"] == CLASSES, m
+    assert min(m["relative_diversity"]) >= 0.3, m
+    assert m["accuracy"] >= 0.45, m
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "known shortfall, measured 2026-12-05 (2 threads, lr 0.005, 5000 steps, labels faded in over 16-64 kimg): "
+    "accuracy 0.5625 (disc 0.52, square 0.48, ring 0.31, stripes 0.94), diversity 0.84-0.97, coverage 4/4. "
+    "The collapse is gone; the equalized-lr generator is still too slow per step to draw squares and "
+    "rings sharply at this budget (docs/performance.md). strict: when it passes, remove the marker."))
+def test_conditional_stylegan2_draws_the_requested_class(trained):
+    m, _ = trained
     assert m["accuracy"] >= 0.6, m
-    assert min(m["relative_diversity"]) >= 0.3, m  # no class collapsed to a few images
