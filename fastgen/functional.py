@@ -6,6 +6,7 @@ Each function validates its arguments (errors name the argument), picks an imple
 from .ops.adain import adain
 from .ops.attention import attention
 from .ops.bias_act import bias_act
+from .ops.conv2d import conv2d, conv_transpose2d
 from .ops.ddim_step import DDIMStepOutput, ddim_step
 from .ops.diffusion_loss import diffusion_loss
 from .ops.grad_penalty import grad_norm_penalty, gradient_penalty
@@ -19,5 +20,5 @@ from .ops.sampler_update import SamplerUpdateOutput, sampler_coeffs, sampler_upd
 from .ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 
 __all__ = ["adain", "attention", "bias_act", "DDIMStepOutput", "ddim_step", "QSampleOutput", "q_sample", "ReparamOutput", "reparameterize", "diffusion_loss", "group_norm", "grad_norm_penalty", "gradient_penalty",
-           "modulated_bias_act", "modulate_weight", "conv2d_resample", "modulated_conv2d", "demodulation_coefficients", "upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d",
+           "conv2d", "conv_transpose2d", "modulated_bias_act", "modulate_weight", "conv2d_resample", "modulated_conv2d", "demodulation_coefficients", "upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d",
            "SamplerUpdateOutput", "sampler_coeffs", "sampler_update"]
