@@ -10,7 +10,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from ..nn import BiasAct, GroupNormAct
+from ..nn import BiasAct, Conv2d, GroupNormAct
 
 NORMS = ("batch", "instance", "layer", "none")
 INITS = ("dcgan", "default")
@@ -127,8 +127,10 @@ class ConvNormAct(nn.Module):
 
     ``act``: ``"lrelu"`` (slope ``alpha``), ``"relu"``, ``"tanh"`` or ``"linear"``; the gain is 1
     (plain activations, as in the papers, not StyleGAN's sqrt 2). ``transposed`` makes the conv a
-    ``ConvTranspose2d``. ``dropout`` (after the activation) is applied in training, and also in
-    eval mode when ``dropout_at_eval`` (pix2pix's noise).
+    ``ConvTranspose2d``; the plain conv is :class:`fastgen.nn.Conv2d` (``nn.Conv2d`` with every
+    gradient order on the convolution library's kernels, for R1 / WGAN-GP). ``dropout`` (after the
+    activation) is applied in training, and also in eval mode when ``dropout_at_eval`` (pix2pix's
+    noise).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, *,
@@ -140,7 +142,7 @@ class ConvNormAct(nn.Module):
             self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding,
                                            output_padding=output_padding, bias=False)
         else:
-            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False,
+            self.conv = Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False,
                                   padding_mode=padding_mode)
         self.norm = make_norm(norm, out_channels)
         self.act = BiasAct(out_channels if self.norm is None else 0, act, alpha=alpha if act == "lrelu" else None,

@@ -149,7 +149,7 @@ class PatchGANDiscriminator(nn.Module):
         layers += [U.ConvNormAct(ch[i - 1], ch[i], 4, 2, 1, norm=norm, act="lrelu") for i in range(1, n_layers)]
         layers.append(U.ConvNormAct(ch[n_layers - 1], ch[n_layers], 4, 1, 1, norm=norm, act="lrelu"))
         self.layers = nn.Sequential(*layers)
-        self.out = nn.Conv2d(ch[n_layers], 1, 4, 1, 1)
+        self.out = U.Conv2d(ch[n_layers], 1, 4, 1, 1)
         U.init_weights(self, init)
 
     @staticmethod

@@ -8,6 +8,8 @@
   :class:`SelfAttention2d` (SAGAN) — on :func:`fastgen.functional.attention`, twice differentiable.
 * :class:`BiasAct` — learned bias + activation + gain (+ clamp) in one fused op (StyleGAN2's
   ``bias_act``), twice differentiable with fused kernels.
+* :class:`Conv2d` — ``nn.Conv2d`` whose gradients of every order (R1 / WGAN-GP through a
+  discriminator) run on the convolution library's own kernels (:func:`fastgen.functional.conv2d`).
 * :class:`AdaIN` — StyleGAN's style block: (y_s, y_b) = A(w), then fused adaptive instance norm.
 * StyleGAN blocks: :class:`EqualizedLinear`, :class:`EqualizedConv2d` (equalized learning rate,
   fused bias + activation, FIR up/down-sampling), :class:`MappingNetwork`, :class:`SynthesisLayer`
@@ -19,6 +21,7 @@
 """
 from .activation import AdaIN, BiasAct
 from .attention import Attention, SelfAttention2d
+from .conv import Conv2d
 from .embedding import TimestepEmbedding, timestep_embedding
 from .norm import GroupNormAct
 from .stylegan import (AdaINLayer, EqualizedConv2d, EqualizedLinear, MappingNetwork, MinibatchStdDev, SynthesisLayer,
@@ -27,6 +30,6 @@ from .unet_blocks import AttentionBlock, Downsample, ResBlock, Upsample
 
 SpatialSelfAttention = AttentionBlock  # the name the attention issue uses for feature-map self-attention
 
-__all__ = ["AdaIN", "BiasAct", "Attention", "SelfAttention2d", "SpatialSelfAttention", "AttentionBlock", "ResBlock", "Downsample",
+__all__ = ["AdaIN", "BiasAct", "Conv2d", "Attention", "SelfAttention2d", "SpatialSelfAttention", "AttentionBlock", "ResBlock", "Downsample",
            "Upsample", "GroupNormAct", "TimestepEmbedding", "timestep_embedding", "EqualizedLinear", "EqualizedConv2d",
            "MappingNetwork", "SynthesisLayer", "ToRGBLayer", "AdaINLayer", "MinibatchStdDev", "normalize_2nd_moment"]

@@ -1,5 +1,7 @@
-r"""Resampling and style-modulated convolutions (StyleGAN2), composed from torch's convolutions and
-fastgen's fused :func:`~fastgen.ops.upfirdn2d.upfirdn2d`.
+r"""Resampling and style-modulated convolutions (StyleGAN2), composed from fastgen's
+:func:`~fastgen.ops.conv2d.conv2d` / :func:`~fastgen.ops.conv2d.conv_transpose2d` (the library's
+convolutions, with every gradient order on its own kernels) and the fused
+:func:`~fastgen.ops.upfirdn2d.upfirdn2d`.
 
 ``conv2d_resample(x, w, f, up, down, padding)`` is, by definition, "upsample x by zero insertion
 (``up``), zero-pad it once (``padding`` plus what centres the FIR filter f), filter with f and
@@ -23,8 +25,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
+from .conv2d import conv2d, conv_transpose2d
 from .modulate_weight import modulate_weight
 from .upfirdn2d import _pair, filter_size, parse_padding, upfirdn2d
 
@@ -32,8 +34,8 @@ from .upfirdn2d import _pair, filter_size, parse_padding, upfirdn2d
 def _conv_pad(x: torch.Tensor, w: torch.Tensor, pad, stride=1, groups: int = 1) -> torch.Tensor:
     px0, px1, py0, py1 = pad
     if px0 == px1 and py0 == py1 and min(pad) >= 0:
-        return F.conv2d(x, w, stride=stride, padding=(py0, px0), groups=groups)
-    return F.conv2d(upfirdn2d(x, None, padding=pad), w, stride=stride, groups=groups)
+        return conv2d(x, w, stride=stride, padding=(py0, px0), groups=groups)
+    return conv2d(upfirdn2d(x, None, padding=pad), w, stride=stride, groups=groups)
 
 
 def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor] = None, up: int = 1, down: int = 1,
@@ -67,20 +69,20 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor] 
         # total padding of the upsampled signal: centre f (as upsample2d does) plus the conv's padding
         p = [px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2, py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2]
         if kh == 1 and kw == 1:  # a 1x1 conv commutes with the zero insertion: convolve at low resolution
-            return upfirdn2d(F.conv2d(x, w, groups=groups), f, up=up, padding=p, gain=up * up)
+            return upfirdn2d(conv2d(x, w, groups=groups), f, up=up, padding=p, gain=up * up)
         # transposed conv = zero insertion (without the trailing zeros) + 'full' correlation with the
         # flipped kernel; the FIR filter's padding takes up the difference to p
         n_out, cin_g = w.shape[0], w.shape[1]
         wt = w.reshape(groups, n_out // groups, cin_g, kh, kw).transpose(1, 2).reshape(groups * cin_g, n_out // groups,
                                                                                            kh, kw)
-        y = F.conv_transpose2d(x, wt.flip([2, 3]), stride=up, groups=groups)
+        y = conv_transpose2d(x, wt.flip([2, 3]), stride=up, groups=groups)
         q = [p[0] - (kw - 1), p[1] + up - kw, p[2] - (kh - 1), p[3] + up - kh]
         return upfirdn2d(y, f, padding=q, gain=up * up)
     if down > 1:
         p = [px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2, py0 + (fh - down + 1) // 2, py1 + (fh - down) // 2]
         if kh == 1 and kw == 1:  # filter + subsample first, then the 1x1 conv on 1/down^2 of the pixels
-            return F.conv2d(upfirdn2d(x, f, down=down, padding=p), w, groups=groups)
-        return F.conv2d(upfirdn2d(x, f, padding=p), w, stride=down, groups=groups)
+            return conv2d(upfirdn2d(x, f, down=down, padding=p), w, groups=groups)
+        return conv2d(upfirdn2d(x, f, padding=p), w, stride=down, groups=groups)
     return _conv_pad(x, w, (px0, px1, py0, py1), groups=groups)
 
 
