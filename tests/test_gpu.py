@@ -525,3 +525,30 @@ def test_upfirdn2d_triton_opcheck_double_backward_and_compile_on_cuda():
     assert_close(dgy, upfirdn2d_reference(u, f, 2, 1, (2, 1, 2, 1), gain=4.0), rtol=1e-5, atol=1e-5)
     compiled = torch.compile(lambda t: upsample2d(t, f, impl="triton"), fullgraph=True)
     assert_close(compiled(x), upsample2d(x, f, impl="triton"), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.float16, 2e-2)])
+def test_conv2d_on_cuda_every_order_matches_torch(dtype, tol):
+    """fastgen::conv2d on cuDNN: forward, R1-style double backward and opcheck against F.conv2d
+    (tolerances allow TF32 / fp16 convolutions)."""
+    _need("cpp")
+    import torch.nn.functional as F
+    from fastgen.functional import conv2d
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(4, 16, 20, 20, device="cuda", generator=g).to(dtype)
+    w = (torch.randn(32, 16, 3, 3, device="cuda", generator=g) * 0.1).to(dtype)
+
+    def r1(conv):
+        xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
+        y = conv(xr, wr, None, 2, 1)
+        gx, = torch.autograd.grad(y.float().square().sum(), xr, create_graph=True)
+        return (y,) + torch.autograd.grad(gx.float().square().sum(), (xr, wr))
+
+    got = r1(lambda *a: conv2d(*a, impl="cpp"))
+    want = r1(F.conv2d)
+    for a, e in zip(got, want):
+        scale = e.float().abs().max().item() + 1e-6
+        assert_close(a.float() / scale, e.float() / scale, rtol=tol, atol=tol)
+    torch.library.opcheck(torch.ops.fastgen.conv2d.default,
+                          (x.float().requires_grad_(), w.float().requires_grad_(), None, [2, 2], [1, 1], [1, 1], 1))
