@@ -197,6 +197,13 @@ class Conv2dFn : public torch::autograd::Function<Conv2dFn> {
   }
 };
 
+template <bool kInput>
+at::Tensor grad_impl(const at::Tensor& gy, const at::Tensor& other, at::IntArrayRef size, at::IntArrayRef stride,
+                     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return kInput ? conv2d_grad_input_impl(gy, other, size, stride, padding, dilation, groups)
+                : conv2d_grad_weight_impl(gy, other, size, stride, padding, dilation, groups);
+}
+
 // The two gradient views: kInput = conv2d_grad_input(gy, w, x_size) (other = w),
 // !kInput = conv2d_grad_weight(gy, x, w_size) (other = x). With gg the incoming gradient:
 //   grad_input:   d gy = conv2d(gg, w),  d w = grad_weight(gy, gg)
@@ -208,8 +215,7 @@ class Conv2dGradFn : public torch::autograd::Function<Conv2dGradFn<kInput>> {
                             at::IntArrayRef size, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, int64_t groups) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto out = kInput ? conv2d_grad_input_impl(gy, other, size, stride, padding, dilation, groups)
-                      : conv2d_grad_weight_impl(gy, other, size, stride, padding, dilation, groups);
+    auto out = grad_impl<kInput>(gy, other, size, stride, padding, dilation, groups);
     ctx->save_for_backward({gy, other});
     save_params(ctx, stride, padding, dilation, groups);
     return out;
@@ -253,24 +259,15 @@ at::Tensor conv2d_autograd(const at::Tensor& x, const at::Tensor& w, const std::
   return Conv2dFn::apply(x, w, b, stride, padding, dilation, groups);
 }
 
-at::Tensor conv2d_grad_input_autograd(const at::Tensor& gy, const at::Tensor& w, at::IntArrayRef x_size,
-                                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                      int64_t groups) {
-  if (!at::GradMode::is_enabled() || !any_requires_grad({&gy, &w})) {
+template <bool kInput>
+at::Tensor conv2d_grad_autograd(const at::Tensor& gy, const at::Tensor& other, at::IntArrayRef size,
+                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                int64_t groups) {
+  if (!at::GradMode::is_enabled() || !any_requires_grad({&gy, &other})) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return conv2d_grad_input_impl(gy, w, x_size, stride, padding, dilation, groups);
+    return grad_impl<kInput>(gy, other, size, stride, padding, dilation, groups);
   }
-  return Conv2dGradFn<true>::apply(gy, w, x_size, stride, padding, dilation, groups);
-}
-
-at::Tensor conv2d_grad_weight_autograd(const at::Tensor& gy, const at::Tensor& x, at::IntArrayRef w_size,
-                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                       int64_t groups) {
-  if (!at::GradMode::is_enabled() || !any_requires_grad({&gy, &x})) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return conv2d_grad_weight_impl(gy, x, w_size, stride, padding, dilation, groups);
-  }
-  return Conv2dGradFn<false>::apply(gy, x, w_size, stride, padding, dilation, groups);
+  return Conv2dGradFn<kInput>::apply(gy, other, size, stride, padding, dilation, groups);
 }
 
 }  // namespace
@@ -295,6 +292,6 @@ TORCH_LIBRARY_IMPL(fastgen, CompositeExplicitAutograd, m) {
 
 TORCH_LIBRARY_IMPL(fastgen, Autograd, m) {
   m.impl("conv2d", &fastgen::conv2d_autograd);
-  m.impl("conv2d_grad_input", &fastgen::conv2d_grad_input_autograd);
-  m.impl("conv2d_grad_weight", &fastgen::conv2d_grad_weight_autograd);
+  m.impl("conv2d_grad_input", &fastgen::conv2d_grad_autograd<true>);
+  m.impl("conv2d_grad_weight", &fastgen::conv2d_grad_autograd<false>);
 }
